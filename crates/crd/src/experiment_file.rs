@@ -1,0 +1,260 @@
+//! Reads a `LatencyExperiment` from YAML outside a cluster (`ticklab run`), applying
+//! what the API server would: the CRD's OpenAPI schema (bounds, enums, patterns),
+//! unknown-field rejection, and the rules no schema expresses. Every error names the
+//! file and the field.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kube::CustomResourceExt;
+
+use crate::latency_experiment::{LatencyExperiment, LatencyExperimentSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: not valid YAML: {message}")]
+    Yaml { origin: String, message: String },
+    #[error("{origin}: {field}: {problem}")]
+    Invalid {
+        origin: String,
+        field: String,
+        problem: String,
+    },
+}
+
+/// Reads and validates an experiment file.
+pub fn load_experiment(path: &Path) -> Result<LatencyExperiment, ExperimentFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ExperimentFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_experiment(&text, &path.display().to_string())
+}
+
+/// Parses and validates experiment YAML; `origin` names the source in errors.
+pub fn parse_experiment(
+    text: &str,
+    origin: &str,
+) -> Result<LatencyExperiment, ExperimentFileError> {
+    let invalid = |field: &str, problem: String| ExperimentFileError::Invalid {
+        origin: origin.to_string(),
+        field: field.to_string(),
+        problem,
+    };
+    let value: serde_json::Value =
+        serde_yaml::from_str(text).map_err(|e| ExperimentFileError::Yaml {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+    let expected_api = format!("{}/{}", crate::GROUP, crate::VERSION);
+    match value.get("apiVersion").and_then(|v| v.as_str()) {
+        Some(api) if api == expected_api => {}
+        other => {
+            return Err(invalid(
+                "apiVersion",
+                format!("must be {expected_api}, got {}", describe(other)),
+            ));
+        }
+    }
+    match value.get("kind").and_then(|v| v.as_str()) {
+        Some("LatencyExperiment") => {}
+        other => {
+            return Err(invalid(
+                "kind",
+                format!("must be LatencyExperiment, got {}", describe(other)),
+            ));
+        }
+    }
+    if value
+        .pointer("/metadata/name")
+        .and_then(|v| v.as_str())
+        .is_none_or(str::is_empty)
+    {
+        return Err(invalid("metadata.name", "is required".into()));
+    }
+    let Some(spec) = value.get("spec") else {
+        return Err(invalid("spec", "is required".into()));
+    };
+    check_schema(spec).map_err(|(field, problem)| invalid(&field, problem))?;
+
+    let experiment: LatencyExperiment = serde_path_to_error::deserialize(&value)
+        .map_err(|e| invalid(&e.path().to_string(), e.inner().to_string()))?;
+    check_rules(&experiment.spec).map_err(|(field, problem)| invalid(&field, problem))?;
+    Ok(experiment)
+}
+
+fn describe(v: Option<&str>) -> String {
+    v.map_or_else(|| "nothing".to_string(), |s| format!("{s:?}"))
+}
+
+/// Validates `spec` against the schema the CRD publishes, so local runs reject what
+/// the API server rejects.
+fn check_schema(spec: &serde_json::Value) -> Result<(), (String, String)> {
+    let crd = LatencyExperiment::crd();
+    let schema = crd
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| s.properties.as_ref())
+        .and_then(|p| p.get("spec"))
+        .ok_or_else(|| {
+            (
+                "spec".to_string(),
+                "CRD has no spec schema (bug)".to_string(),
+            )
+        })?;
+    let schema = serde_json::to_value(schema).map_err(|e| ("spec".to_string(), e.to_string()))?;
+    let validator = jsonschema::validator_for(&schema).map_err(|e| {
+        (
+            "spec".to_string(),
+            format!("schema does not compile (bug): {e}"),
+        )
+    })?;
+    if let Some(error) = validator.iter_errors(spec).next() {
+        let pointer = error.instance_path().to_string();
+        let field = if pointer.is_empty() {
+            "spec".to_string()
+        } else {
+            format!("spec{}", pointer.replace('/', "."))
+        };
+        return Err((field, error.to_string()));
+    }
+    Ok(())
+}
+
+/// Rules across fields that the schema cannot state.
+fn check_rules(spec: &LatencyExperimentSpec) -> Result<(), (String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, symbol) in spec.exchange.symbols.iter().enumerate() {
+        if !seen.insert(symbol) {
+            return Err((
+                format!("spec.exchange.symbols[{i}]"),
+                format!("{} is listed twice", symbol.symbol()),
+            ));
+        }
+    }
+    if let Some(burst) = &spec.exchange.microbursts {
+        if burst.duration_millis >= burst.every_millis {
+            return Err((
+                "spec.exchange.microbursts.durationMillis".into(),
+                format!(
+                    "must be shorter than everyMillis ({} >= {})",
+                    burst.duration_millis, burst.every_millis
+                ),
+            ));
+        }
+    }
+    if let Some(text) = &spec.duration {
+        parse_duration(text).map_err(|problem| ("spec.duration".to_string(), problem))?;
+    }
+    Ok(())
+}
+
+/// Parses "10s", "1m30s", "250ms" (Kubernetes-style durations).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+impl LatencyExperimentSpec {
+    /// The run length, if the spec sets one (already validated by the loader).
+    pub fn run_duration(&self) -> Option<Duration> {
+        self.duration
+            .as_deref()
+            .and_then(|d| parse_duration(d).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Instrument, Transport};
+
+    const GOOD: &str = r#"
+apiVersion: ticklab.dev/v1alpha1
+kind: LatencyExperiment
+metadata:
+  name: quick
+spec:
+  exchange:
+    symbols: [EURUSD, BTCUSD]
+    ratePerSecond: 10000
+  duration: 5s
+"#;
+
+    fn error_of(yaml: &str) -> String {
+        parse_experiment(yaml, "x.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_file_parses_with_defaults() {
+        let e = parse_experiment(GOOD, "x.yaml").unwrap();
+        assert_eq!(
+            e.spec.exchange.symbols,
+            vec![Instrument::EurUsd, Instrument::BtcUsd]
+        );
+        assert_eq!(e.spec.exchange.transport, Transport::Udp);
+        assert_eq!(e.spec.exchange.max_packet_bytes, 1472);
+        assert_eq!(e.spec.run_duration(), Some(Duration::from_secs(5)));
+        assert!(e.spec.trader.strategy.enabled);
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let e = error_of(&GOOD.replace("10000", "0"));
+        assert!(e.contains("spec.exchange.ratePerSecond"), "{e}");
+        assert!(e.starts_with("x.yaml: "), "{e}");
+
+        let e = error_of(&GOOD.replace("BTCUSD]", "FOOBAR]"));
+        assert!(
+            e.contains("spec.exchange.symbols") && e.contains("FOOBAR"),
+            "{e}"
+        );
+
+        let e = error_of(&GOOD.replace("ratePerSecond", "ratePerSec"));
+        assert!(e.contains("ratePerSec"), "{e}");
+
+        let e = error_of(&GOOD.replace("5s", "five seconds"));
+        assert!(e.contains("spec.duration"), "{e}");
+
+        let e = error_of(&GOOD.replace("kind: LatencyExperiment", "kind: Pod"));
+        assert!(e.contains("kind") && e.contains("Pod"), "{e}");
+
+        let e = error_of(&GOOD.replace("[EURUSD, BTCUSD]", "[EURUSD, EURUSD]"));
+        assert!(e.contains("listed twice"), "{e}");
+
+        let e = error_of("spec: [unclosed");
+        assert!(e.contains("not valid YAML"), "{e}");
+    }
+
+    #[test]
+    fn unknown_nested_field_is_rejected() {
+        let yaml = GOOD.replace(
+            "  duration: 5s",
+            "  duration: 5s\n  trader:\n    stratgy: {}",
+        );
+        let e = error_of(&yaml);
+        assert!(e.contains("stratgy"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let e = load_experiment(Path::new("/nonexistent/x.yaml")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("cannot read /nonexistent/x.yaml"),
+            "{e}"
+        );
+    }
+}
