@@ -141,16 +141,16 @@ fn check_rules(spec: &LatencyExperimentSpec) -> Result<(), (String, String)> {
             ));
         }
     }
-    if let Some(burst) = &spec.exchange.microbursts {
-        if burst.duration_millis >= burst.every_millis {
-            return Err((
-                "spec.exchange.microbursts.durationMillis".into(),
-                format!(
-                    "must be shorter than everyMillis ({} >= {})",
-                    burst.duration_millis, burst.every_millis
-                ),
-            ));
-        }
+    if let Some(burst) = &spec.exchange.microbursts
+        && burst.duration_millis >= burst.every_millis
+    {
+        return Err((
+            "spec.exchange.microbursts.durationMillis".into(),
+            format!(
+                "must be shorter than everyMillis ({} >= {})",
+                burst.duration_millis, burst.every_millis
+            ),
+        ));
     }
     if let Some(text) = &spec.duration {
         parse_duration(text).map_err(|problem| ("spec.duration".to_string(), problem))?;

@@ -12,6 +12,7 @@ use crate::{Result, WireError};
 
 /// A trade printed by the exchange: the feed's only payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Trade {
     pub symbol: Symbol,
     pub price: Price,
@@ -25,6 +26,7 @@ pub struct Trade {
 
 /// An immediate-or-cancel limit order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Order {
     pub client_order_id: u64,
     pub symbol: Symbol,
@@ -68,6 +70,7 @@ impl AckStatus {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Ack {
     pub client_order_id: u64,
     pub exchange_order_id: u64,
@@ -77,6 +80,7 @@ pub struct Ack {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Fill {
     pub client_order_id: u64,
     pub exchange_order_id: u64,

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Property tests: every message and packet the encoders can produce decodes back to
 //! the same values, and no byte string makes a decoder panic.
 

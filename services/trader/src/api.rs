@@ -1,0 +1,108 @@
+//! The trader's REST API, served on its admin port next to `/metrics`:
+//! `GET /trades?limit=50` (the most recent trades with their latency, from MongoDB
+//! when persistence is on, else from memory) and `GET /stats` (counts and latency
+//! percentiles). Errors are JSON with a 4xx status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use ticklab_admin::json_error;
+use ticklab_crd::ExperimentResults;
+
+use crate::state::{RECENT_TRADES, TraderShared};
+use crate::store::{StoredTrade, TradeStore};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub shared: Arc<TraderShared>,
+    pub store: Option<TradeStore>,
+}
+
+pub fn api_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/trades", get(trades))
+        .route("/stats", get(stats))
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TradesView {
+    /// "mongodb" or "memory".
+    source: &'static str,
+    trades: Vec<StoredTrade>,
+}
+
+#[tracing::instrument(skip_all)]
+async fn trades(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = match params.get("limit").map(|v| v.parse::<usize>()) {
+        None => 50,
+        Some(Ok(n)) if (1..=RECENT_TRADES).contains(&n) => n,
+        Some(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "limit must be an integer from 1 to {RECENT_TRADES}, got {:?}",
+                    params.get("limit").map(String::as_str).unwrap_or_default()
+                ),
+            );
+        }
+    };
+    if let Some(store) = &state.store {
+        // limit <= RECENT_TRADES, far inside i64.
+        return match store.recent(limit as i64).await {
+            Ok(trades) => axum::Json(TradesView {
+                source: "mongodb",
+                trades,
+            })
+            .into_response(),
+            Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
+    }
+    let feed = state.shared.feed.lock();
+    let trades = feed.recent.iter().rev().take(limit).cloned().collect();
+    axum::Json(TradesView {
+        source: "memory",
+        trades,
+    })
+    .into_response()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatsView {
+    experiment: String,
+    session: Option<String>,
+    /// Trades currently missing and being recovered.
+    missing: u64,
+    /// The session has ended and nothing is missing.
+    settled: bool,
+    #[serde(flatten)]
+    results: ExperimentResults,
+}
+
+#[tracing::instrument(skip_all)]
+async fn stats(State(state): State<ApiState>) -> Response {
+    let results = state.shared.results();
+    let (session, missing) = {
+        let feed = state.shared.feed.lock();
+        (feed.session.clone(), feed.missing)
+    };
+    axum::Json(StatsView {
+        experiment: state.shared.experiment.clone(),
+        session,
+        missing,
+        settled: *state.shared.settled.borrow(),
+        results,
+    })
+    .into_response()
+}

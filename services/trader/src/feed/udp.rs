@@ -1,0 +1,146 @@
+//! UDP feed transport on a dedicated thread: `recvmmsg` takes up to 64 datagrams per
+//! system call, each with the kernel's receive timestamp (SO_TIMESTAMPNS), so
+//! one-way latency excludes the time this thread takes to wake up. The same loop
+//! sends retransmission requests and reads their replies, keeping the processor
+//! single-threaded.
+
+use std::io::IoSliceMut;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, setsockopt, sockopt,
+};
+use nix::sys::time::TimeSpec;
+use ticklab_wire::now_unix_nanos;
+use tokio_util::sync::CancellationToken;
+
+use super::processor::FeedProcessor;
+use crate::gap_tracker::Via;
+
+/// Datagrams per `recvmmsg`.
+const BATCH: usize = 64;
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_536;
+/// Receive buffer asked of the kernel: absorbs microbursts while the thread is busy.
+const RECV_BUFFER: usize = 16 * 1024 * 1024;
+
+/// Binds the feed socket with a large receive buffer and kernel timestamps on.
+/// Returns the socket and whether kernel timestamps could be enabled.
+pub fn bind_feed_socket(addr: SocketAddr) -> std::io::Result<(UdpSocket, bool)> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    socket.bind(&addr.into())?;
+    let socket: UdpSocket = socket.into();
+    let kernel_ts = setsockopt(&socket, sockopt::ReceiveTimestampns, &true).is_ok();
+    socket.set_nonblocking(true)?;
+    Ok((socket, kernel_ts))
+}
+
+/// Receives until `shutdown`, then gives up on what is still missing and returns
+/// the processor with its final counts.
+pub fn run_udp_feed(
+    feed: UdpSocket,
+    recovery: UdpSocket,
+    mut processor: FeedProcessor,
+    shutdown: CancellationToken,
+) -> FeedProcessor {
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
+    let mut headers =
+        MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec)));
+    let mut meta: Vec<(usize, Option<u64>)> = Vec::with_capacity(BATCH);
+    let mut reply = vec![0u8; MAX_DATAGRAM];
+    let mut request = Vec::with_capacity(ticklab_wire::RetransmitRequest::LEN);
+    let _ = recovery.set_nonblocking(true);
+
+    while !shutdown.is_cancelled() {
+        let (feed_ready, recovery_ready) = {
+            let mut fds = [
+                PollFd::new(feed.as_fd(), PollFlags::POLLIN),
+                PollFd::new(recovery.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::from(2u8)) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "poll failed; feed handler stops");
+                    break;
+                }
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+
+        if feed_ready {
+            loop {
+                meta.clear();
+                {
+                    let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+                        bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+                    match recvmmsg(
+                        feed.as_raw_fd(),
+                        &mut headers,
+                        iovs.iter_mut(),
+                        MsgFlags::MSG_DONTWAIT,
+                        None,
+                    ) {
+                        Ok(received) => {
+                            for msg in received {
+                                let ts = msg.cmsgs().ok().and_then(|mut cmsgs| {
+                                    cmsgs.find_map(|c| match c {
+                                        ControlMessageOwned::ScmTimestampns(ts) => {
+                                            Some(timespec_ns(&ts))
+                                        }
+                                        _ => None,
+                                    })
+                                });
+                                meta.push((msg.bytes, ts));
+                            }
+                        }
+                        Err(Errno::EAGAIN | Errno::EINTR) => {}
+                        Err(e) => tracing::warn!(error = %e, "recvmmsg failed"),
+                    }
+                }
+                if meta.is_empty() {
+                    break;
+                }
+                let fallback = now_unix_nanos();
+                for (buf, (len, ts)) in bufs.iter().zip(&meta) {
+                    let bytes = buf.get(..*len).unwrap_or(&[]);
+                    processor.on_packet(bytes, ts.unwrap_or(fallback), Via::Live);
+                }
+                if meta.len() < BATCH {
+                    break;
+                }
+            }
+        }
+
+        if recovery_ready {
+            while let Ok(len) = recovery.recv(&mut reply) {
+                let bytes = reply.get(..len).unwrap_or(&[]);
+                processor.on_packet(bytes, now_unix_nanos(), Via::Retransmission);
+            }
+        }
+
+        for req in processor.due_requests(now_unix_nanos()) {
+            request.clear();
+            req.encode(&mut request);
+            if let Err(e) = recovery.send(&request) {
+                tracing::warn!(error = %e, "retransmission request not sent");
+            }
+        }
+        processor.maybe_flush();
+    }
+    processor.finish();
+    processor
+}
+
+fn timespec_ns(ts: &TimeSpec) -> u64 {
+    let secs = u64::try_from(ts.tv_sec()).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec()).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}

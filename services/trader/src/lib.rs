@@ -1,0 +1,328 @@
+//! ticklab's trader: receives the exchange's feed (UDP, TCP or WebSocket), measures
+//! one-way latency per trade, detects and recovers gaps, turns some ticks into
+//! orders and measures tick-to-trade, stores trades in MongoDB off the feed path, and
+//! serves `/trades`, `/stats` and `/metrics`.
+//!
+//! [`start`] binds everything and returns a [`TraderHandle`]; the `trader` binary and
+//! `ticklab run` both use it.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod feed;
+pub mod gap_tracker;
+pub mod latency;
+pub mod metrics;
+pub mod orders;
+pub mod state;
+pub mod store;
+pub mod strategy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use ticklab_admin::AdminState;
+use ticklab_crd::{ExperimentResults, Instrument, SloSpec, TraderSpec, Transport};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::feed::processor::FeedProcessor;
+use crate::feed::stream::{StreamSource, run_stream_feed};
+use crate::feed::udp::{bind_feed_socket, run_udp_feed};
+use crate::gap_tracker::RecoveryPolicy;
+use crate::metrics::TraderMetrics;
+use crate::orders::{OrderTarget, run_order_client};
+use crate::state::TraderShared;
+use crate::store::TradeStore;
+use crate::strategy::MomentumStrategy;
+
+/// Everything the trader needs to run; the operator renders it from the experiment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraderConfig {
+    /// Experiment name: labels stored trades.
+    pub experiment: String,
+    /// Symbols the exchange publishes.
+    pub symbols: Vec<Instrument>,
+    pub spec: TraderSpec,
+    /// Feed transport.
+    pub transport: Transport,
+    /// UDP feed: where to receive (the exchange sends here).
+    pub feed_udp_listen: SocketAddr,
+    /// TCP feed: "host:port"; WebSocket feed: "ws://host:port/feed".
+    #[serde(default)]
+    pub feed_connect: String,
+    /// The exchange's retransmission server, "host:port".
+    pub retransmit_server: String,
+    /// The exchange's binary order port, "host:port".
+    pub order_tcp: String,
+    /// The exchange's HTTP order API base URL.
+    pub order_http: String,
+    /// Admin and REST port (`/metrics`, `/healthz`, `/readyz`, `/trades`, `/stats`).
+    pub api_listen: SocketAddr,
+    /// MongoDB connection string; without it trades are kept in memory only.
+    #[serde(default)]
+    pub mongodb_uri: Option<String>,
+    #[serde(default)]
+    pub slo: Option<SloSpec>,
+    /// Retransmission request timeout in milliseconds.
+    #[serde(default = "default_recovery_timeout_ms")]
+    pub recovery_timeout_ms: u64,
+}
+
+fn default_recovery_timeout_ms() -> u64 {
+    50
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen for the UDP feed on {addr}: {source}")]
+    FeedBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the retransmission server {addr}: {source}")]
+    Retransmit {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Admin(#[from] ticklab_admin::Error),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("a trader task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Bound addresses.
+#[derive(Clone, Copy, Debug)]
+pub struct TraderAddrs {
+    pub feed_udp: Option<SocketAddr>,
+    pub api: SocketAddr,
+}
+
+/// A running trader.
+pub struct TraderHandle {
+    pub addrs: TraderAddrs,
+    pub shared: Arc<TraderShared>,
+    pub store: Option<TradeStore>,
+    feed: FeedTask,
+    others: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+    admin: JoinHandle<ticklab_admin::Result<()>>,
+    /// Stops the order client and the API after the feed handler.
+    services_shutdown: CancellationToken,
+}
+
+enum FeedTask {
+    Thread(std::thread::JoinHandle<FeedProcessor>),
+    Task(JoinHandle<FeedProcessor>),
+}
+
+/// Binds the feed, API and recovery sockets, connects to MongoDB when configured,
+/// and starts the feed handler, order client and API.
+pub async fn start(
+    config: TraderConfig,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+) -> Result<TraderHandle> {
+    let metrics = TraderMetrics::register(&registry)?;
+    let admin_state = AdminState::new(registry);
+    let services_shutdown = CancellationToken::new();
+
+    let mut shared = TraderShared::new(&config.experiment, config.slo.clone());
+    let mut writer = None;
+    let store = match &config.mongodb_uri {
+        Some(uri) if config.spec.persistence.enabled => {
+            let (store, task) = TradeStore::connect(
+                uri,
+                &config.experiment,
+                config.spec.persistence.buffer_trades as usize,
+                metrics.clone(),
+                services_shutdown.clone(),
+            )
+            .await?;
+            shared.store = Some(store.counts.clone());
+            writer = Some(task);
+            Some(store)
+        }
+        _ => None,
+    };
+    let shared = Arc::new(shared);
+
+    let api_listener = ticklab_admin::bind(config.api_listen).await?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|source| ticklab_admin::Error::Bind {
+            addr: config.api_listen,
+            source,
+        })?;
+    let router =
+        ticklab_admin::admin_router(admin_state.clone()).merge(api::api_router(api::ApiState {
+            shared: shared.clone(),
+            store: store.clone(),
+        }));
+    let admin = tokio::spawn(ticklab_admin::serve(
+        api_listener,
+        router,
+        services_shutdown.clone(),
+    ));
+
+    let (intent_tx, intent_rx) = tokio::sync::mpsc::channel(4096);
+    let order_target = OrderTarget {
+        transport: config.spec.order_transport,
+        tcp: config.order_tcp.clone(),
+        http: config.order_http.clone(),
+    };
+    let others = vec![tokio::spawn(run_order_client(
+        order_target,
+        intent_rx,
+        shared.orders.clone(),
+        metrics.clone(),
+        services_shutdown.clone(),
+    ))];
+
+    let strategy = MomentumStrategy::new(&config.spec.strategy, &config.symbols);
+    let mut processor = FeedProcessor::new(
+        &config.symbols,
+        strategy,
+        intent_tx,
+        store.clone(),
+        shared.clone(),
+        metrics,
+    );
+    processor.set_recovery_policy(RecoveryPolicy {
+        timeout_ns: config.recovery_timeout_ms.max(1) * 1_000_000,
+        ..RecoveryPolicy::default()
+    });
+
+    let retransmit_addr = tokio::net::lookup_host(&config.retransmit_server)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Error::Retransmit {
+            addr: config.retransmit_server.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "address does not resolve"),
+        })?;
+    let recovery_bind: SocketAddr = if retransmit_addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let recovery = std::net::UdpSocket::bind(recovery_bind)
+        .and_then(|s| s.connect(retransmit_addr).map(|()| s))
+        .map_err(|source| Error::Retransmit {
+            addr: config.retransmit_server.clone(),
+            source,
+        })?;
+
+    let (feed, feed_udp) = match config.transport {
+        Transport::Udp => {
+            let (socket, kernel_ts) =
+                bind_feed_socket(config.feed_udp_listen).map_err(|source| Error::FeedBind {
+                    addr: config.feed_udp_listen,
+                    source,
+                })?;
+            let local = socket.local_addr().ok();
+            processor.set_timestamp_source(if kernel_ts { "kernel" } else { "user" });
+            let token = shutdown.clone();
+            let thread = std::thread::Builder::new()
+                .name("feed-udp".into())
+                .spawn(move || run_udp_feed(socket, recovery, processor, token))
+                .map_err(|source| Error::FeedBind {
+                    addr: config.feed_udp_listen,
+                    source,
+                })?;
+            (FeedTask::Thread(thread), local)
+        }
+        Transport::Tcp | Transport::Websocket => {
+            let source = if config.transport == Transport::Tcp {
+                StreamSource::Tcp(config.feed_connect.clone())
+            } else {
+                StreamSource::WebSocket(config.feed_connect.clone())
+            };
+            recovery
+                .set_nonblocking(true)
+                .map_err(|source| Error::Retransmit {
+                    addr: config.retransmit_server.clone(),
+                    source,
+                })?;
+            let recovery =
+                tokio::net::UdpSocket::from_std(recovery).map_err(|source| Error::Retransmit {
+                    addr: config.retransmit_server.clone(),
+                    source,
+                })?;
+            processor.set_timestamp_source("user");
+            let task = tokio::spawn(run_stream_feed(
+                source,
+                recovery,
+                processor,
+                shutdown.clone(),
+            ));
+            (FeedTask::Task(task), None)
+        }
+    };
+    admin_state.set_ready(true);
+    tracing::info!(api = %api_addr, feed = ?feed_udp, transport = ?config.transport, "trader started");
+
+    Ok(TraderHandle {
+        addrs: TraderAddrs {
+            feed_udp,
+            api: api_addr,
+        },
+        shared,
+        store,
+        feed,
+        others,
+        writer,
+        admin,
+        services_shutdown,
+    })
+}
+
+impl TraderHandle {
+    /// Results so far.
+    pub fn results(&self) -> ExperimentResults {
+        self.shared.results()
+    }
+
+    /// Waits until the session has ended and nothing is missing, or `timeout`.
+    /// True when settled.
+    pub async fn wait_settled(&self, timeout: Duration) -> bool {
+        let mut rx = self.shared.settled.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// After the `shutdown` token given to [`start`] is cancelled: waits for the
+    /// feed handler (what is still missing counts as lost), stops the order client
+    /// and API, lets the writer drain, and returns the final results.
+    pub async fn join(self) -> Result<ExperimentResults> {
+        match self.feed {
+            FeedTask::Thread(t) => {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await?;
+            }
+            FeedTask::Task(t) => {
+                t.await?;
+            }
+        }
+        self.services_shutdown.cancel();
+        for task in self.others {
+            task.await?;
+        }
+        if let Some(w) = self.writer {
+            w.await?;
+        }
+        self.admin.await??;
+        Ok(self.shared.results())
+    }
+}

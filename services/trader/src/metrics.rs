@@ -1,0 +1,124 @@
+//! The trader's Prometheus metrics. Counters are fed in batches from the feed path
+//! (deltas at each flush), histograms through thread-local buffers, so the hot path
+//! never touches a shared atomic per trade.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use ticklab_admin::latency_buckets_seconds;
+
+#[derive(Clone)]
+pub struct TraderMetrics {
+    pub feed_latency: Histogram,
+    pub tick_to_trade: Histogram,
+    pub order_round_trip: Histogram,
+    pub received: IntCounter,
+    pub recovered: IntCounter,
+    pub late: IntCounter,
+    pub lost: IntCounter,
+    pub gaps: IntCounter,
+    pub duplicates: IntCounter,
+    pub malformed: IntCounter,
+    pub retransmit_requests: IntCounter,
+    pub sent: IntGauge,
+    pub orders: IntCounterVec,
+    pub persisted: IntCounter,
+    pub persist_dropped: IntCounter,
+    pub persist_errors: IntCounter,
+    pub persist_queue: IntGauge,
+}
+
+impl TraderMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let histogram = |name: &str, help: &str| -> prometheus::Result<Histogram> {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(latency_buckets_seconds()),
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let orders = IntCounterVec::new(
+            Opts::new(
+                "ticklab_trader_orders_total",
+                "Orders by outcome: sent, filled, expired, rejected, failed (transport error), skipped (order queue full)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(orders.clone()))?;
+        Ok(Self {
+            feed_latency: histogram(
+                "ticklab_trader_feed_latency_seconds",
+                "One-way feed latency: exchange send timestamp to trader receive timestamp",
+            )?,
+            tick_to_trade: histogram(
+                "ticklab_trader_tick_to_trade_seconds",
+                "Receive timestamp of the triggering tick to the order leaving the trader",
+            )?,
+            order_round_trip: histogram(
+                "ticklab_trader_order_round_trip_seconds",
+                "Order sent to acknowledgement received",
+            )?,
+            received: counter(
+                "ticklab_trader_trades_received_total",
+                "Trades received on the feed",
+            )?,
+            recovered: counter(
+                "ticklab_trader_trades_recovered_total",
+                "Missing trades recovered through retransmission",
+            )?,
+            late: counter(
+                "ticklab_trader_trades_late_total",
+                "Missing trades that arrived late on the feed (reordering)",
+            )?,
+            lost: counter(
+                "ticklab_trader_trades_lost_total",
+                "Trades given up as lost (unrecoverable or still missing at the end)",
+            )?,
+            gaps: counter(
+                "ticklab_trader_gaps_total",
+                "Runs of missing sequence numbers detected",
+            )?,
+            duplicates: counter(
+                "ticklab_trader_duplicates_total",
+                "Copies of already delivered trades (dropped)",
+            )?,
+            malformed: counter(
+                "ticklab_trader_malformed_total",
+                "Packets or messages that failed to decode (dropped)",
+            )?,
+            retransmit_requests: counter(
+                "ticklab_trader_retransmit_requests_total",
+                "Retransmission requests sent",
+            )?,
+            sent: gauge(
+                "ticklab_trader_exchange_sent",
+                "Trades the exchange has sent, as known from sequence numbers",
+            )?,
+            orders,
+            persisted: counter(
+                "ticklab_trader_persisted_total",
+                "Trades written to MongoDB",
+            )?,
+            persist_dropped: counter(
+                "ticklab_trader_persist_dropped_total",
+                "Trades not persisted because the write buffer was full",
+            )?,
+            persist_errors: counter(
+                "ticklab_trader_persist_errors_total",
+                "Failed MongoDB writes (retried)",
+            )?,
+            persist_queue: gauge(
+                "ticklab_trader_persist_queue",
+                "Trades waiting to be written to MongoDB",
+            )?,
+        })
+    }
+}
