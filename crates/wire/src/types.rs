@@ -32,9 +32,15 @@ impl Symbol {
         Ok(Self(raw))
     }
 
-    /// Accepts the padded wire form; rejects non-printable bytes and empty names.
+    /// Accepts the padded wire form: 1–8 printable characters, then spaces only.
+    /// Rejects anything else, so every accepted symbol has one text form.
     pub fn from_wire(raw: [u8; 8]) -> Result<Self> {
-        if !raw.iter().all(|b| b.is_ascii_graphic() || *b == b' ') || raw[0] == b' ' {
+        let len = raw.iter().position(|b| *b == b' ').unwrap_or(Self::LEN);
+        let (name, padding) = raw.split_at(len);
+        if name.is_empty()
+            || !name.iter().all(u8::is_ascii_graphic)
+            || !padding.iter().all(|b| *b == b' ')
+        {
             return Err(WireError::BadSymbol);
         }
         Ok(Self(raw))
@@ -270,6 +276,8 @@ mod tests {
         assert!(Symbol::new("EUR USD").is_err());
         assert!(Symbol::from_wire([0; 8]).is_err());
         assert!(Symbol::from_wire(*b"        ").is_err());
+        assert!(Symbol::from_wire(*b"AB CD   ").is_err());
+        assert!(Symbol::from_wire(*b"ABCDEFGH").is_ok());
     }
 
     #[test]

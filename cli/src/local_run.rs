@@ -1,0 +1,192 @@
+//! Local mode: runs one experiment on loopback. The trader starts first (its feed
+//! socket must exist before the exchange sends), then the exchange; a progress bar
+//! shows the live rate and percentiles; when the exchange ends the session the
+//! trader gets a moment to recover the last gaps, then both stop and the report
+//! is printed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use ticklab_crd::{ExperimentResults, LatencyExperiment, SloVerdict, Transport};
+use ticklab_exchange::{ExchangeConfig, ExchangeReport};
+use ticklab_trader::TraderConfig;
+
+use crate::ports::{free_tcp, free_udp, loopback};
+use crate::progress::Progress;
+use crate::report;
+use crate::{OutputFormat, RunArgs, exit};
+
+/// How long the trader may keep recovering after the feed ended.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `--output json` prints.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    pub experiment: String,
+    pub transport: Transport,
+    pub rate_per_second: u64,
+    pub elapsed_seconds: f64,
+    /// "mongodb" or "memory".
+    pub persistence: &'static str,
+    pub interrupted: bool,
+    pub results: ExperimentResults,
+    pub exchange: ExchangeReport,
+}
+
+pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result<u8> {
+    let name = experiment
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "experiment".into());
+    let spec = experiment.spec;
+    let duration = args.duration.or_else(|| spec.run_duration());
+    let transport = spec.exchange.transport;
+    let mongodb_uri = if spec.trader.persistence.enabled {
+        args.mongodb_uri.clone()
+    } else {
+        None
+    };
+
+    let retransmit = free_udp().context("no free UDP port on 127.0.0.1")?;
+    let order_tcp = free_tcp().context("no free TCP port on 127.0.0.1")?;
+    let order_http = free_tcp().context("no free TCP port on 127.0.0.1")?;
+    let feed_stream = free_tcp().context("no free TCP port on 127.0.0.1")?;
+
+    let interrupted = CancellationToken::new();
+    ticklab_admin::cancel_on_signal(interrupted.clone());
+    let trader_stop = CancellationToken::new();
+    let exchange_stop = CancellationToken::new();
+
+    let trader_config = TraderConfig {
+        experiment: name.clone(),
+        symbols: spec.exchange.symbols.clone(),
+        spec: spec.trader.clone(),
+        transport,
+        feed_udp_listen: loopback(0),
+        feed_connect: match transport {
+            Transport::Udp => String::new(),
+            Transport::Tcp => feed_stream.to_string(),
+            Transport::Websocket => format!("ws://{feed_stream}/feed"),
+        },
+        retransmit_server: retransmit.to_string(),
+        order_tcp: order_tcp.to_string(),
+        order_http: format!("http://{order_http}"),
+        api_listen: loopback(args.trader_port),
+        mongodb_uri: mongodb_uri.clone(),
+        slo: spec.slo.clone(),
+        recovery_timeout_ms: 50,
+    };
+    let trader = ticklab_trader::start(trader_config, prometheus::Registry::new(), trader_stop.clone())
+        .await
+        .context("trader")?;
+
+    let exchange_config = ExchangeConfig {
+        experiment: name.clone(),
+        spec: spec.exchange.clone(),
+        duration,
+        feed_udp_target: trader.addrs.feed_udp.map(|a| a.to_string()),
+        feed_listen: feed_stream,
+        retransmit_listen: retransmit,
+        order_tcp_listen: order_tcp,
+        order_http_listen: order_http,
+        admin_listen: loopback(args.exchange_port),
+    };
+    let exchange = match ticklab_exchange::start(
+        exchange_config,
+        prometheus::Registry::new(),
+        exchange_stop.clone(),
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            trader_stop.cancel();
+            let _ = trader.join().await;
+            return Err(anyhow::Error::new(e).context("exchange"));
+        }
+    };
+
+    let quiet = args.quiet || args.output == OutputFormat::Json;
+    if !quiet {
+        eprintln!(
+            "ticklab: running {name:?}: {} trades/s over {} for {}; trader API http://{}/stats, metrics http://{}/metrics and http://{}/metrics",
+            spec.exchange.rate_per_second,
+            transport_name(transport),
+            duration.map_or_else(|| "until Ctrl-C".to_string(), |d| format!("{d:?}")),
+            trader.addrs.api,
+            trader.addrs.api,
+            exchange.addrs.admin,
+        );
+        if mongodb_uri.is_none() {
+            eprintln!(
+                "ticklab: trades are kept in memory only (last 1000); pass --mongodb-uri or set MONGODB_URI to persist them"
+            );
+        }
+    }
+
+    let started = Instant::now();
+    let progress = Progress::new(duration, quiet);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut was_interrupted = false;
+    loop {
+        tokio::select! {
+            _ = exchange.feed_finished() => break,
+            _ = interrupted.cancelled() => { was_interrupted = true; break }
+            _ = tick.tick() => progress.update(&trader.results(), started.elapsed()),
+        }
+    }
+    if !was_interrupted {
+        progress.set_message("feed ended; recovering the last gaps");
+        tokio::select! {
+            _ = trader.wait_settled(SETTLE_TIMEOUT) => {},
+            _ = interrupted.cancelled() => was_interrupted = true,
+        }
+    }
+    progress.finish();
+    let elapsed = started.elapsed();
+
+    trader_stop.cancel();
+    let mut results = trader.join().await.context("trader")?;
+    exchange_stop.cancel();
+    let exchange_report = exchange.join().await.context("exchange")?;
+
+    // In local mode the exchange's own count is authoritative: trades it published
+    // that the trader never even learnt of (by sequence number) are lost too.
+    let published = exchange_report.trades_published;
+    results.lost += published.saturating_sub(results.sent);
+    results.sent = results.sent.max(published);
+    if let Some(slo) = &spec.slo {
+        results.slo_verdict = Some(results.judge(slo));
+    }
+
+    let run_report = RunReport {
+        experiment: name,
+        transport,
+        rate_per_second: spec.exchange.rate_per_second,
+        elapsed_seconds: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        persistence: if mongodb_uri.is_some() { "mongodb" } else { "memory" },
+        interrupted: was_interrupted,
+        results,
+        exchange: exchange_report,
+    };
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&run_report)?),
+        OutputFormat::Table => println!("{}", report::table(&run_report)),
+    }
+    Ok(match run_report.results.slo_verdict {
+        Some(SloVerdict::Breached) => exit::SLO_BREACHED,
+        _ => exit::OK,
+    })
+}
+
+pub fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "UDP",
+        Transport::Tcp => "TCP",
+        Transport::Websocket => "WebSocket",
+    }
+}

@@ -1,0 +1,74 @@
+//! The report `ticklab run` ends with: feed counts, latency percentiles, orders and
+//! PnL, persistence and the SLO verdict, as a table for people.
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Cell, CellAlignment, Table};
+use ticklab_crd::{LatencySummary, SloVerdict};
+
+use crate::local_run::{RunReport, transport_name};
+
+pub fn table(r: &RunReport) -> String {
+    let res = &r.results;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "ticklab: {} — {} at {} trades/s for {:.1}s{}\n\n",
+        r.experiment,
+        transport_name(r.transport),
+        r.rate_per_second,
+        r.elapsed_seconds,
+        if r.interrupted { " (interrupted)" } else { "" }
+    ));
+
+    let mut feed = Table::new();
+    feed.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(vec!["sent", "received", "gaps", "recovered", "lost", "duplicates", "malformed"]);
+    feed.add_row(
+        [res.sent, res.received, res.gaps, res.recovered, res.lost, res.duplicates, res.malformed]
+            .map(|v| Cell::new(v).set_alignment(CellAlignment::Right)),
+    );
+    out.push_str(&feed.to_string());
+    out.push('\n');
+
+    let mut lat = Table::new();
+    lat.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "latency (µs)", "samples", "p50", "p90", "p99", "p99.9", "max",
+    ]);
+    let rows: [(&str, &Option<LatencySummary>); 3] = [
+        ("one-way feed", &res.feed_latency),
+        ("tick-to-trade", &res.tick_to_trade),
+        ("order round trip", &res.order_round_trip),
+    ];
+    for (label, summary) in rows {
+        let mut row = vec![Cell::new(label)];
+        match summary {
+            Some(s) => {
+                row.push(Cell::new(s.count).set_alignment(CellAlignment::Right));
+                for v in [s.p50_micros, s.p90_micros, s.p99_micros, s.p999_micros, s.max_micros] {
+                    row.push(Cell::new(format!("{v:.1}")).set_alignment(CellAlignment::Right));
+                }
+            }
+            None => {
+                row.push(Cell::new("0").set_alignment(CellAlignment::Right));
+                row.extend((0..5).map(|_| Cell::new("—").set_alignment(CellAlignment::Right)));
+            }
+        }
+        lat.add_row(row);
+    }
+    out.push_str(&lat.to_string());
+    out.push('\n');
+
+    out.push_str(&format!(
+        "orders {} · fills {} · PnL {:.2} · receive timestamps: {}\n",
+        res.orders, res.fills, res.pnl, res.timestamp_source
+    ));
+    match (r.persistence, res.persisted) {
+        ("mongodb", Some(n)) => out.push_str(&format!("persisted to MongoDB: {n} trades\n")),
+        _ => out.push_str("persistence: in memory only (no --mongodb-uri)\n"),
+    }
+    match res.slo_verdict {
+        Some(SloVerdict::Met) => out.push_str("SLO: met\n"),
+        Some(SloVerdict::Breached) => out.push_str("SLO: BREACHED\n"),
+        None => {}
+    }
+    out
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every ticklab test on this machine, a fresh one included: installs what the
+# tests need (tools are built once and cached outside the repo, by version), starts a
+# MongoDB-wire server (FerretDB) for the persistence tests, then checks formatting,
+# lints, runs the whole test suite and a short fuzzing pass. Nothing is skipped.
+#
+#   scripts/test.sh                 everything
+#   FUZZ_SECONDS=300 scripts/test.sh  fuzz longer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TICKLAB_TOOLS="${TICKLAB_TOOLS:-$HOME/.cache/ticklab/tools}"
+# In CI every run is a fresh clone: keep compiled dependencies outside it.
+if [ -n "${CI:-}" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
+  export CARGO_TARGET_DIR="$HOME/.cache/ticklab/target"
+fi
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "system packages"
+scripts/tools/apt-packages.sh
+
+step "MongoDB-wire server (FerretDB)"
+state="$(mktemp -d)"
+cleanup() { scripts/mongo-wire-server.sh stop "$state" >/dev/null 2>&1 || true; rm -rf "$state"; }
+trap cleanup EXIT
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+TICKLAB_TEST_MONGODB_URI="$(scripts/mongo-wire-server.sh start "$port" "$state" | tail -n 1)"
+export TICKLAB_TEST_MONGODB_URI
+echo "MongoDB-wire server at $TICKLAB_TEST_MONGODB_URI" >&2
+
+step "format"
+cargo fmt --all --check
+
+step "lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+cargo test --workspace --locked
+
+step "fuzz (${FUZZ_SECONDS:-15}s per target)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
+
+echo "all checks passed" >&2
