@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use ticklab_crd::{ExperimentResults, LatencyExperiment, SloVerdict, Transport};
+use ticklab_crd::{ExperimentResults, LatencyExperiment, LatencyExperimentSpec, SloVerdict, Transport};
 use ticklab_exchange::{ExchangeConfig, ExchangeReport};
 use ticklab_trader::TraderConfig;
 
@@ -36,6 +36,99 @@ pub struct RunReport {
     pub exchange: ExchangeReport,
 }
 
+/// Exchange and trader running on loopback for one experiment.
+pub struct LocalPair {
+    pub trader: ticklab_trader::TraderHandle,
+    pub exchange: ticklab_exchange::ExchangeHandle,
+    trader_stop: CancellationToken,
+    exchange_stop: CancellationToken,
+}
+
+/// Knobs local mode and the benchmarks set beyond the experiment spec.
+pub struct PairOptions {
+    pub duration: Option<Duration>,
+    pub mongodb_uri: Option<String>,
+    pub trader_port: u16,
+    pub exchange_port: u16,
+}
+
+impl LocalPair {
+    /// Starts the trader, then the exchange aimed at it.
+    pub async fn start(name: &str, spec: &LatencyExperimentSpec, options: &PairOptions) -> anyhow::Result<Self> {
+        let transport = spec.exchange.transport;
+        let retransmit = free_udp().context("no free UDP port on 127.0.0.1")?;
+        let order_tcp = free_tcp().context("no free TCP port on 127.0.0.1")?;
+        let order_http = free_tcp().context("no free TCP port on 127.0.0.1")?;
+        let feed_stream = free_tcp().context("no free TCP port on 127.0.0.1")?;
+        let trader_stop = CancellationToken::new();
+        let exchange_stop = CancellationToken::new();
+
+        let trader_config = TraderConfig {
+            experiment: name.to_string(),
+            symbols: spec.exchange.symbols.clone(),
+            spec: spec.trader.clone(),
+            transport,
+            feed_udp_listen: loopback(0),
+            feed_connect: match transport {
+                Transport::Udp => String::new(),
+                Transport::Tcp => feed_stream.to_string(),
+                Transport::Websocket => format!("ws://{feed_stream}/feed"),
+            },
+            retransmit_server: retransmit.to_string(),
+            order_tcp: order_tcp.to_string(),
+            order_http: format!("http://{order_http}"),
+            api_listen: loopback(options.trader_port),
+            mongodb_uri: options.mongodb_uri.clone(),
+            slo: spec.slo.clone(),
+            recovery_timeout_ms: 50,
+        };
+        let trader =
+            ticklab_trader::start(trader_config, prometheus::Registry::new(), trader_stop.clone())
+                .await
+                .context("trader")?;
+
+        let exchange_config = ExchangeConfig {
+            experiment: name.to_string(),
+            spec: spec.exchange.clone(),
+            duration: options.duration,
+            feed_udp_target: trader.addrs.feed_udp.map(|a| a.to_string()),
+            feed_listen: feed_stream,
+            retransmit_listen: retransmit,
+            order_tcp_listen: order_tcp,
+            order_http_listen: order_http,
+            admin_listen: loopback(options.exchange_port),
+        };
+        match ticklab_exchange::start(exchange_config, prometheus::Registry::new(), exchange_stop.clone()).await {
+            Ok(exchange) => Ok(Self {
+                trader,
+                exchange,
+                trader_stop,
+                exchange_stop,
+            }),
+            Err(e) => {
+                trader_stop.cancel();
+                let _ = trader.join().await;
+                Err(anyhow::Error::new(e).context("exchange"))
+            }
+        }
+    }
+
+    /// Stops both (the trader first, so what it still misses counts as lost) and
+    /// returns the trader's results, reconciled with the exchange's own count.
+    pub async fn stop(self) -> anyhow::Result<(ExperimentResults, ExchangeReport)> {
+        self.trader_stop.cancel();
+        let mut results = self.trader.join().await.context("trader")?;
+        self.exchange_stop.cancel();
+        let exchange = self.exchange.join().await.context("exchange")?;
+        // On one machine the exchange's own count is authoritative: trades it
+        // published that the trader never learnt of (by sequence number) are lost too.
+        let published = exchange.trades_published;
+        results.lost += published.saturating_sub(results.sent);
+        results.sent = results.sent.max(published);
+        Ok((results, exchange))
+    }
+}
+
 pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result<u8> {
     let name = experiment
         .metadata
@@ -50,65 +143,20 @@ pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result
     } else {
         None
     };
-
-    let retransmit = free_udp().context("no free UDP port on 127.0.0.1")?;
-    let order_tcp = free_tcp().context("no free TCP port on 127.0.0.1")?;
-    let order_http = free_tcp().context("no free TCP port on 127.0.0.1")?;
-    let feed_stream = free_tcp().context("no free TCP port on 127.0.0.1")?;
-
     let interrupted = CancellationToken::new();
     ticklab_admin::cancel_on_signal(interrupted.clone());
-    let trader_stop = CancellationToken::new();
-    let exchange_stop = CancellationToken::new();
-
-    let trader_config = TraderConfig {
-        experiment: name.clone(),
-        symbols: spec.exchange.symbols.clone(),
-        spec: spec.trader.clone(),
-        transport,
-        feed_udp_listen: loopback(0),
-        feed_connect: match transport {
-            Transport::Udp => String::new(),
-            Transport::Tcp => feed_stream.to_string(),
-            Transport::Websocket => format!("ws://{feed_stream}/feed"),
+    let pair = LocalPair::start(
+        &name,
+        &spec,
+        &PairOptions {
+            duration,
+            mongodb_uri: mongodb_uri.clone(),
+            trader_port: args.trader_port,
+            exchange_port: args.exchange_port,
         },
-        retransmit_server: retransmit.to_string(),
-        order_tcp: order_tcp.to_string(),
-        order_http: format!("http://{order_http}"),
-        api_listen: loopback(args.trader_port),
-        mongodb_uri: mongodb_uri.clone(),
-        slo: spec.slo.clone(),
-        recovery_timeout_ms: 50,
-    };
-    let trader = ticklab_trader::start(trader_config, prometheus::Registry::new(), trader_stop.clone())
-        .await
-        .context("trader")?;
-
-    let exchange_config = ExchangeConfig {
-        experiment: name.clone(),
-        spec: spec.exchange.clone(),
-        duration,
-        feed_udp_target: trader.addrs.feed_udp.map(|a| a.to_string()),
-        feed_listen: feed_stream,
-        retransmit_listen: retransmit,
-        order_tcp_listen: order_tcp,
-        order_http_listen: order_http,
-        admin_listen: loopback(args.exchange_port),
-    };
-    let exchange = match ticklab_exchange::start(
-        exchange_config,
-        prometheus::Registry::new(),
-        exchange_stop.clone(),
     )
-    .await
-    {
-        Ok(e) => e,
-        Err(e) => {
-            trader_stop.cancel();
-            let _ = trader.join().await;
-            return Err(anyhow::Error::new(e).context("exchange"));
-        }
-    };
+    .await?;
+    let (trader, exchange) = (&pair.trader, &pair.exchange);
 
     let quiet = args.quiet || args.output == OutputFormat::Json;
     if !quiet {
@@ -148,17 +196,7 @@ pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result
     }
     progress.finish();
     let elapsed = started.elapsed();
-
-    trader_stop.cancel();
-    let mut results = trader.join().await.context("trader")?;
-    exchange_stop.cancel();
-    let exchange_report = exchange.join().await.context("exchange")?;
-
-    // In local mode the exchange's own count is authoritative: trades it published
-    // that the trader never even learnt of (by sequence number) are lost too.
-    let published = exchange_report.trades_published;
-    results.lost += published.saturating_sub(results.sent);
-    results.sent = results.sent.max(published);
+    let (mut results, exchange_report) = pair.stop().await?;
     if let Some(slo) = &spec.slo {
         results.slo_verdict = Some(results.judge(slo));
     }

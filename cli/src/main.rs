@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod local_run;
 mod ports;
 mod progress;
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Run a LatencyExperiment on this machine and report what was measured.
     Run(RunArgs),
+    /// Measure the feed and the writer (figures for BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Check an experiment file without running it.
     Validate {
         /// LatencyExperiment YAML.
@@ -103,6 +107,22 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::BAD_INPUT)
             }
         },
+        Command::Bench(command) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("ticklab: cannot start the async runtime: {e}");
+                    return ExitCode::from(exit::RUNTIME);
+                }
+            };
+            match runtime.block_on(bench::run(command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ticklab: {e:#}");
+                    ExitCode::from(exit::RUNTIME)
+                }
+            }
+        }
         Command::Run(args) => {
             let experiment = match ticklab_crd::load_experiment(&args.file) {
                 Ok(e) => e,

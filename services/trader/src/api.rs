@@ -69,7 +69,14 @@ async fn trades(
         };
     }
     let feed = state.shared.feed.lock();
-    let trades = feed.recent.iter().rev().take(limit).cloned().collect();
+    let session = feed.session.as_deref().unwrap_or_default();
+    let trades = feed
+        .recent
+        .iter()
+        .rev()
+        .take(limit)
+        .map(|t| StoredTrade::from_received(session, t))
+        .collect();
     axum::Json(TradesView {
         source: "memory",
         trades,

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::gap_tracker::GapCounts;
 use crate::latency::LatencyHistogram;
 use crate::orders::OrderLedger;
-use crate::store::{StoreCounts, StoredTrade};
+use crate::store::{ReceivedTrade, StoreCounts};
 
 /// Most recent trades kept in memory for `GET /trades` without MongoDB.
 pub const RECENT_TRADES: usize = 1000;
@@ -27,7 +27,7 @@ pub struct FeedSnapshot {
     pub sent: u64,
     pub missing: u64,
     pub latency: LatencyHistogram,
-    pub recent: VecDeque<StoredTrade>,
+    pub recent: VecDeque<ReceivedTrade>,
     pub last_prices: Vec<(Symbol, f64)>,
     /// "kernel" or "user".
     pub timestamp_source: &'static str,

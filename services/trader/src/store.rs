@@ -38,7 +38,28 @@ pub struct StoredTrade {
     pub recovered: bool,
 }
 
+/// A trade as the feed path keeps it: plain data, no allocation, so recording it
+/// costs a copy. The session is attached per batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReceivedTrade {
+    pub seq: u64,
+    pub trade: Trade,
+    pub received_at_ns: u64,
+    pub recovered: bool,
+}
+
+/// Trades of one session handed to the writer together.
+#[derive(Clone, Debug)]
+pub struct TradeBatch {
+    pub session: Arc<str>,
+    pub trades: Vec<ReceivedTrade>,
+}
+
 impl StoredTrade {
+    pub fn from_received(session: &str, r: &ReceivedTrade) -> Self {
+        Self::new(session, r.seq, &r.trade, r.received_at_ns, r.recovered)
+    }
+
     pub fn new(
         session: &str,
         seq: u64,
@@ -126,7 +147,7 @@ pub struct StoreCounts {
 /// The feed path's handle: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct TradeStore {
-    tx: mpsc::UnboundedSender<Vec<StoredTrade>>,
+    tx: mpsc::UnboundedSender<TradeBatch>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
     pub counts: Arc<StoreCounts>,
@@ -209,8 +230,8 @@ impl TradeStore {
 
     /// Queues a batch for writing; when the buffer is full the batch is counted as
     /// dropped instead (the feed must never wait for the database).
-    pub fn offer(&self, batch: Vec<StoredTrade>) {
-        let n = batch.len();
+    pub fn offer(&self, batch: TradeBatch) {
+        let n = batch.trades.len();
         if n == 0 {
             return;
         }
@@ -249,10 +270,10 @@ impl TradeStore {
 
     async fn write_loop(
         self,
-        mut rx: mpsc::UnboundedReceiver<Vec<StoredTrade>>,
+        mut rx: mpsc::UnboundedReceiver<TradeBatch>,
         shutdown: CancellationToken,
     ) {
-        let mut pending: Vec<StoredTrade> = Vec::with_capacity(WRITE_BATCH);
+        let mut pending: Vec<Document> = Vec::with_capacity(WRITE_BATCH);
         loop {
             let first = tokio::select! {
                 biased;
@@ -260,10 +281,10 @@ impl TradeStore {
                 batch = rx.recv() => batch,
             };
             let Some(batch) = first else { break };
-            pending.extend(batch);
+            self.append(&mut pending, &batch);
             while pending.len() < WRITE_BATCH {
                 match rx.try_recv() {
-                    Ok(b) => pending.extend(b),
+                    Ok(b) => self.append(&mut pending, &b),
                     Err(_) => break,
                 }
             }
@@ -274,7 +295,7 @@ impl TradeStore {
         rx.close();
         let calm = CancellationToken::new();
         while let Ok(b) = rx.try_recv() {
-            pending.extend(b);
+            self.append(&mut pending, &b);
             if pending.len() >= WRITE_BATCH {
                 self.flush_with_retries(&mut pending, 3, &calm).await;
             }
@@ -282,11 +303,20 @@ impl TradeStore {
         self.flush_with_retries(&mut pending, 3, &calm).await;
     }
 
+    fn append(&self, pending: &mut Vec<Document>, batch: &TradeBatch) {
+        pending.extend(
+            batch
+                .trades
+                .iter()
+                .map(|t| StoredTrade::from_received(&batch.session, t).to_document(&self.experiment)),
+        );
+    }
+
     /// Writes `pending`, retrying failures with exponential backoff (capped at 2 s)
     /// up to `max_attempts`, or until `stop` (then `pending` keeps what is unwritten).
     async fn flush_with_retries(
         &self,
-        pending: &mut Vec<StoredTrade>,
+        pending: &mut Vec<Document>,
         max_attempts: u32,
         stop: &CancellationToken,
     ) {
@@ -328,11 +358,7 @@ impl TradeStore {
 
     /// One unordered insert; duplicate-key errors (the trade is already stored) are
     /// success for idempotency, any other error fails the batch for a retry.
-    async fn insert(&self, batch: &[StoredTrade]) -> Result<(), mongodb::error::Error> {
-        let docs: Vec<Document> = batch
-            .iter()
-            .map(|t| t.to_document(&self.experiment))
-            .collect();
+    async fn insert(&self, docs: &[Document]) -> Result<(), mongodb::error::Error> {
         let n = docs.len() as u64;
         match self.collection.insert_many(docs).ordered(false).await {
             Ok(r) => {

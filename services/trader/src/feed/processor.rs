@@ -17,7 +17,7 @@ use crate::gap_tracker::{GapCounts, GapTracker, RecoveryPolicy, Verdict, Via};
 use crate::latency::LatencyHistogram;
 use crate::metrics::TraderMetrics;
 use crate::state::{RECENT_TRADES, TraderShared};
-use crate::store::{StoredTrade, TradeStore};
+use crate::store::{ReceivedTrade, TradeBatch, TradeStore};
 use crate::strategy::{MomentumStrategy, OrderIntent};
 
 /// How often views and metrics are refreshed from the feed path.
@@ -26,14 +26,14 @@ const FLUSH_EVERY: Duration = Duration::from_millis(50);
 pub struct FeedProcessor {
     gaps: GapTracker,
     session: Option<Session>,
-    session_name: String,
+    session_name: Arc<str>,
     policy: RecoveryPolicy,
     strategy: MomentumStrategy,
     orders: mpsc::Sender<OrderIntent>,
     orders_skipped: u64,
     store: Option<TradeStore>,
-    batch: Vec<StoredTrade>,
-    recent: VecDeque<StoredTrade>,
+    batch: Vec<ReceivedTrade>,
+    recent: VecDeque<ReceivedTrade>,
     last_prices: Vec<(Symbol, i64)>,
     latency: LatencyHistogram,
     prom_latency: LocalHistogram,
@@ -66,7 +66,7 @@ impl FeedProcessor {
         Self {
             gaps: GapTracker::new(1),
             session: None,
-            session_name: String::new(),
+            session_name: Arc::from(""),
             policy: RecoveryPolicy::default(),
             strategy,
             orders,
@@ -174,12 +174,12 @@ impl FeedProcessor {
                 // Keep the totals of the old session in the published counts.
                 self.carry = add_counts(self.carry, carried);
                 self.session = Some(session);
-                self.session_name = session.as_str();
+                self.session_name = Arc::from(session.as_str());
                 true
             }
             None => {
                 self.session = Some(session);
-                self.session_name = session.as_str();
+                self.session_name = Arc::from(session.as_str());
                 true
             }
         }
@@ -205,12 +205,17 @@ impl FeedProcessor {
         {
             self.orders_skipped += 1;
         }
-        let record = StoredTrade::new(&self.session_name, seq, trade, rx_ns, recovered);
+        let record = ReceivedTrade {
+            seq,
+            trade: *trade,
+            received_at_ns: rx_ns,
+            recovered,
+        };
         if self.recent.len() == RECENT_TRADES {
             self.recent.pop_front();
         }
         if self.store.is_some() {
-            self.batch.push(record.clone());
+            self.batch.push(record);
         }
         self.recent.push_back(record);
     }
@@ -219,7 +224,10 @@ impl FeedProcessor {
         if let Some(store) = &self.store
             && !self.batch.is_empty()
         {
-            store.offer(std::mem::take(&mut self.batch));
+            store.offer(TradeBatch {
+                session: self.session_name.clone(),
+                trades: std::mem::take(&mut self.batch),
+            });
         }
     }
 
