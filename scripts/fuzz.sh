@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 eval "$(scripts/tools/cargo-fuzz.sh)"
-for target in $(cargo "$FUZZ_TOOLCHAIN" fuzz list --fuzz-dir fuzz 2>/dev/null || ls fuzz/fuzz_targets | sed 's/\.rs$//'); do
+for src in fuzz/fuzz_targets/*.rs; do
+  target="$(basename "$src" .rs)"
   echo "fuzzing $target for ${seconds}s" >&2
   mkdir -p "fuzz/corpus/$target"
-  cargo "$FUZZ_TOOLCHAIN" fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" -- \
-    -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 2>&1 | tail -n 3
+  cargo "$FUZZ_TOOLCHAIN" fuzz run --fuzz-dir fuzz --sanitizer "$FUZZ_SANITIZER" "$target" \
+    "fuzz/corpus/$target" -- -max_total_time="$seconds" -max_len=4096 2>&1 | tail -n 2
 done
