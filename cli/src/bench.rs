@@ -21,7 +21,11 @@ pub enum BenchCommand {
     /// Highest trades/s and packets/s over loopback UDP with zero gaps.
     Feed {
         /// Rates to try, trades/s.
-        #[arg(long, value_delimiter = ',', default_value = "500000,1000000,2000000,3000000,4000000,5000000,6000000,8000000")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "500000,1000000,2000000,3000000,4000000,5000000,6000000,8000000"
+        )]
         rates: Vec<u64>,
         /// Seconds per rate.
         #[arg(long, default_value_t = 3)]
@@ -140,7 +144,12 @@ async fn run_rate(rate: u64, packet_bytes: u32, seconds: u64) -> anyhow::Result<
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Feed { rates, seconds, packet_bytes, json } => {
+        BenchCommand::Feed {
+            rates,
+            seconds,
+            packet_bytes,
+            json,
+        } => {
             let mut rows = Vec::new();
             for rate in rates {
                 let row = run_rate(rate, packet_bytes, seconds).await?;
@@ -154,7 +163,12 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 .filter(|r| r.gaps == 0 && r.lost == 0)
                 .max_by(|a, b| a.trades_per_second.total_cmp(&b.trades_per_second));
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "rows": rows, "maxZeroLoss": best }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "rows": rows, "maxZeroLoss": best })
+                    )?
+                );
             } else if let Some(b) = best {
                 println!(
                     "\nmax with zero gaps: {:.0} trades/s, {:.0} packets/s ({} B packets)",
@@ -164,7 +178,11 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 println!("\nno rate ran without gaps");
             }
         }
-        BenchCommand::Latency { rates, seconds, json } => {
+        BenchCommand::Latency {
+            rates,
+            seconds,
+            json,
+        } => {
             let mut rows = Vec::new();
             for rate in rates {
                 let row = run_rate(rate, 1472, seconds).await?;
@@ -174,10 +192,17 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 rows.push(row);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?
+                );
             }
         }
-        BenchCommand::Mongodb { mongodb_uri, trades, json } => {
+        BenchCommand::Mongodb {
+            mongodb_uri,
+            trades,
+            json,
+        } => {
             let writer = bench_writer(&mongodb_uri, trades).await?;
             let plain = bench_plain(&mongodb_uri, trades).await?;
             if json {
@@ -199,7 +224,16 @@ fn print_feed_row(r: &FeedRow, header: bool) {
     if header {
         println!(
             "{:>10} {:>12} {:>12} {:>10} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9}",
-            "rate", "trades/s", "packets/s", "published", "gaps", "recovered", "lost", "p50 µs", "p99 µs", "p99.9 µs"
+            "rate",
+            "trades/s",
+            "packets/s",
+            "published",
+            "gaps",
+            "recovered",
+            "lost",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs"
         );
     }
     println!(
@@ -229,7 +263,11 @@ fn sample_trade(seq: u64, symbols: &[ticklab_wire::Symbol]) -> ticklab_wire::Tra
         symbol: symbols[seq as usize % symbols.len()],
         price: ticklab_wire::Price(108_000_000 + (seq % 1000) as i64),
         quantity: ticklab_wire::Quantity(100_000_000),
-        side: if seq % 2 == 0 { ticklab_wire::Side::Buy } else { ticklab_wire::Side::Sell },
+        side: if seq.is_multiple_of(2) {
+            ticklab_wire::Side::Buy
+        } else {
+            ticklab_wire::Side::Sell
+        },
         trade_id: seq,
         send_ts_ns: ticklab_wire::now_unix_nanos(),
     }
@@ -242,9 +280,14 @@ async fn bench_writer(uri: &str, n: u64) -> anyhow::Result<f64> {
     let metrics = ticklab_trader::metrics::TraderMetrics::register(&registry)?;
     let stop = tokio_util::sync::CancellationToken::new();
     let experiment = format!("bench-writer-{}", ticklab_wire::now_unix_nanos());
-    let (store, writer) =
-        ticklab_trader::store::TradeStore::connect(uri, &experiment, n as usize + 1, metrics, stop.clone())
-            .await?;
+    let (store, writer) = ticklab_trader::store::TradeStore::connect(
+        uri,
+        &experiment,
+        n as usize + 1,
+        metrics,
+        stop.clone(),
+    )
+    .await?;
     let symbols = bench_symbols();
     let started = Instant::now();
     let session: std::sync::Arc<str> = std::sync::Arc::from("BENCH");
@@ -260,13 +303,27 @@ async fn bench_writer(uri: &str, n: u64) -> anyhow::Result<f64> {
             })
             .collect();
         seq += trades.len() as u64;
-        store.offer(ticklab_trader::store::TradeBatch { session: session.clone(), trades });
+        store.offer(ticklab_trader::store::TradeBatch {
+            session: session.clone(),
+            trades,
+        });
     }
-    while store.counts.persisted.load(std::sync::atomic::Ordering::Relaxed)
-        + store.counts.duplicates.load(std::sync::atomic::Ordering::Relaxed)
+    while store
+        .counts
+        .persisted
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + store
+            .counts
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed)
         < n
     {
-        if store.counts.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        if store
+            .counts
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
             anyhow::bail!("the writer dropped trades during the benchmark");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -281,8 +338,12 @@ async fn bench_writer(uri: &str, n: u64) -> anyhow::Result<f64> {
 /// one after another.
 async fn bench_plain(uri: &str, n: u64) -> anyhow::Result<f64> {
     use mongodb::bson::doc;
-    let client = mongodb::Client::with_uri_str(uri).await.context("MongoDB")?;
-    let db = client.default_database().unwrap_or_else(|| client.database("ticklab"));
+    let client = mongodb::Client::with_uri_str(uri)
+        .await
+        .context("MongoDB")?;
+    let db = client
+        .default_database()
+        .unwrap_or_else(|| client.database("ticklab"));
     let coll = db.collection::<mongodb::bson::Document>("bench_plain");
     let _ = coll.drop().await;
     let symbols = bench_symbols();
@@ -308,7 +369,12 @@ async fn bench_plain(uri: &str, n: u64) -> anyhow::Result<f64> {
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let count = coll.count_documents(doc! {}).await?;
     anyhow::ensure!(count == n, "plain loop stored {count} of {n}");
-    let _ = coll.find(doc! {}).limit(1).await?.try_collect::<Vec<_>>().await;
+    let _ = coll
+        .find(doc! {})
+        .limit(1)
+        .await?
+        .try_collect::<Vec<_>>()
+        .await;
     let _ = coll.drop().await;
     Ok(rate)
 }

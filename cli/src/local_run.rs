@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
-use ticklab_crd::{ExperimentResults, LatencyExperiment, LatencyExperimentSpec, SloVerdict, Transport};
+use ticklab_crd::{
+    ExperimentResults, LatencyExperiment, LatencyExperimentSpec, SloVerdict, Transport,
+};
 use ticklab_exchange::{ExchangeConfig, ExchangeReport};
 use ticklab_trader::TraderConfig;
+use tokio_util::sync::CancellationToken;
 
 use crate::ports::{free_tcp, free_udp, loopback};
 use crate::progress::Progress;
@@ -54,7 +56,11 @@ pub struct PairOptions {
 
 impl LocalPair {
     /// Starts the trader, then the exchange aimed at it.
-    pub async fn start(name: &str, spec: &LatencyExperimentSpec, options: &PairOptions) -> anyhow::Result<Self> {
+    pub async fn start(
+        name: &str,
+        spec: &LatencyExperimentSpec,
+        options: &PairOptions,
+    ) -> anyhow::Result<Self> {
         let transport = spec.exchange.transport;
         let retransmit = free_udp().context("no free UDP port on 127.0.0.1")?;
         let order_tcp = free_tcp().context("no free TCP port on 127.0.0.1")?;
@@ -82,10 +88,13 @@ impl LocalPair {
             slo: spec.slo.clone(),
             recovery_timeout_ms: 50,
         };
-        let trader =
-            ticklab_trader::start(trader_config, prometheus::Registry::new(), trader_stop.clone())
-                .await
-                .context("trader")?;
+        let trader = ticklab_trader::start(
+            trader_config,
+            prometheus::Registry::new(),
+            trader_stop.clone(),
+        )
+        .await
+        .context("trader")?;
 
         let exchange_config = ExchangeConfig {
             experiment: name.to_string(),
@@ -98,7 +107,13 @@ impl LocalPair {
             order_http_listen: order_http,
             admin_listen: loopback(options.exchange_port),
         };
-        match ticklab_exchange::start(exchange_config, prometheus::Registry::new(), exchange_stop.clone()).await {
+        match ticklab_exchange::start(
+            exchange_config,
+            prometheus::Registry::new(),
+            exchange_stop.clone(),
+        )
+        .await
+        {
             Ok(exchange) => Ok(Self {
                 trader,
                 exchange,
@@ -206,7 +221,11 @@ pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result
         transport,
         rate_per_second: spec.exchange.rate_per_second,
         elapsed_seconds: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
-        persistence: if mongodb_uri.is_some() { "mongodb" } else { "memory" },
+        persistence: if mongodb_uri.is_some() {
+            "mongodb"
+        } else {
+            "memory"
+        },
         interrupted: was_interrupted,
         results,
         exchange: exchange_report,

@@ -10,6 +10,7 @@ mod local_run;
 mod ports;
 mod progress;
 mod report;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,10 @@ enum Command {
     /// Measure the feed and the writer (figures for BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run the exchange service from a rendered configuration (as in a pod).
+    Exchange(serve::ServeArgs),
+    /// Run the trader service from a rendered configuration (as in a pod).
+    Trader(serve::ServeArgs),
     /// Check an experiment file without running it.
     Validate {
         /// LatencyExperiment YAML.
@@ -83,11 +88,36 @@ pub mod exit {
     pub const SLO_BREACHED: u8 = 3;
 }
 
+/// Runs a command's future; any error is one line and exit code 1.
+fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ticklab: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::RUNTIME);
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ticklab: {e:#}");
+            ExitCode::from(exit::RUNTIME)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { exit::BAD_INPUT } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::BAD_INPUT
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -107,22 +137,9 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::BAD_INPUT)
             }
         },
-        Command::Bench(command) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("ticklab: cannot start the async runtime: {e}");
-                    return ExitCode::from(exit::RUNTIME);
-                }
-            };
-            match runtime.block_on(bench::run(command)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("ticklab: {e:#}");
-                    ExitCode::from(exit::RUNTIME)
-                }
-            }
-        }
+        Command::Bench(command) => block_on(bench::run(command)),
+        Command::Exchange(args) => block_on(serve::exchange(args)),
+        Command::Trader(args) => block_on(serve::trader(args)),
         Command::Run(args) => {
             let experiment = match ticklab_crd::load_experiment(&args.file) {
                 Ok(e) => e,
@@ -139,7 +156,10 @@ fn main() -> ExitCode {
                     "warn",
                 );
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("ticklab: cannot start the async runtime: {e}");

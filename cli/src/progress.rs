@@ -41,7 +41,11 @@ impl Progress {
         let (last_count, last_at) = self.last.get();
         let count = r.received + r.recovered;
         let dt = (elapsed - last_at).as_secs_f64();
-        let rate = if dt > 0.0 { (count - last_count.min(count)) as f64 / dt } else { 0.0 };
+        let rate = if dt > 0.0 {
+            (count - last_count.min(count)) as f64 / dt
+        } else {
+            0.0
+        };
         self.last.set((count, elapsed));
         self.bar.set_position(elapsed.as_millis() as u64);
         let latency = r.feed_latency.as_ref().map_or_else(

@@ -20,18 +20,39 @@ pub fn table(r: &RunReport) -> String {
     ));
 
     let mut feed = Table::new();
-    feed.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(vec!["sent", "received", "gaps", "recovered", "lost", "duplicates", "malformed"]);
+    feed.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "sent",
+        "received",
+        "gaps",
+        "recovered",
+        "lost",
+        "duplicates",
+        "malformed",
+    ]);
     feed.add_row(
-        [res.sent, res.received, res.gaps, res.recovered, res.lost, res.duplicates, res.malformed]
-            .map(|v| Cell::new(v).set_alignment(CellAlignment::Right)),
+        [
+            res.sent,
+            res.received,
+            res.gaps,
+            res.recovered,
+            res.lost,
+            res.duplicates,
+            res.malformed,
+        ]
+        .map(|v| Cell::new(v).set_alignment(CellAlignment::Right)),
     );
     out.push_str(&feed.to_string());
     out.push('\n');
 
     let mut lat = Table::new();
     lat.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "latency (µs)", "samples", "p50", "p90", "p99", "p99.9", "max",
+        "latency (µs)",
+        "samples",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
     ]);
     let rows: [(&str, &Option<LatencySummary>); 3] = [
         ("one-way feed", &res.feed_latency),
@@ -43,7 +64,13 @@ pub fn table(r: &RunReport) -> String {
         match summary {
             Some(s) => {
                 row.push(Cell::new(s.count).set_alignment(CellAlignment::Right));
-                for v in [s.p50_micros, s.p90_micros, s.p99_micros, s.p999_micros, s.max_micros] {
+                for v in [
+                    s.p50_micros,
+                    s.p90_micros,
+                    s.p99_micros,
+                    s.p999_micros,
+                    s.max_micros,
+                ] {
                     row.push(Cell::new(format!("{v:.1}")).set_alignment(CellAlignment::Right));
                 }
             }

@@ -24,27 +24,52 @@ fn ticklab() -> Command {
 
 /// Runs a file with `--output json` and returns the report.
 fn run_json(file: &Path, extra: &[&str]) -> Value {
-    let out = ticklab().arg("run").arg(file).args(["--output", "json"]).args(extra).timeout(std::time::Duration::from_secs(60)).output().unwrap();
+    let out = ticklab()
+        .arg("run")
+        .arg(file)
+        .args(["--output", "json"])
+        .args(extra)
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
 }
 
 fn u(v: &Value, key: &str) -> u64 {
-    v["results"][key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
+    v["results"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
 }
 
 /// Every trade sent was delivered exactly once: received or recovered, none lost.
 fn assert_exactly_once(report: &Value) {
     let sent = u(report, "sent");
     assert!(sent > 1000, "too few trades to mean anything: {report}");
-    assert_eq!(report["exchange"]["tradesPublished"].as_u64().unwrap(), sent, "{report}");
-    assert_eq!(u(report, "received") + u(report, "recovered"), sent, "{report}");
+    assert_eq!(
+        report["exchange"]["tradesPublished"].as_u64().unwrap(),
+        sent,
+        "{report}"
+    );
+    assert_eq!(
+        u(report, "received") + u(report, "recovered"),
+        sent,
+        "{report}"
+    );
     assert_eq!(u(report, "lost"), 0, "{report}");
     assert_eq!(u(report, "malformed"), 0, "{report}");
     let latency = &report["results"]["feedLatency"];
-    assert_eq!(latency["count"].as_u64().unwrap(), u(report, "received"), "{report}");
+    assert_eq!(
+        latency["count"].as_u64().unwrap(),
+        u(report, "received"),
+        "{report}"
+    );
     assert!(latency["p50Micros"].as_f64().unwrap() <= latency["p99Micros"].as_f64().unwrap());
 }
 
@@ -80,9 +105,14 @@ fn dropped_packets_are_detected_and_recovered() {
     );
     let report = run_json(&file, &[]);
     assert_exactly_once(&report);
-    let dropped = report["exchange"]["packetsDroppedByFault"].as_u64().unwrap();
+    let dropped = report["exchange"]["packetsDroppedByFault"]
+        .as_u64()
+        .unwrap();
     assert!(dropped > 0, "{report}");
-    assert!(u(&report, "gaps") > 0 && u(&report, "recovered") > 0, "{report}");
+    assert!(
+        u(&report, "gaps") > 0 && u(&report, "recovered") > 0,
+        "{report}"
+    );
     assert!(u(&report, "gaps") <= dropped, "{report}");
 }
 
@@ -97,9 +127,22 @@ fn orders_over_http_are_answered() {
     let report = run_json(&file, &[]);
     let orders = u(&report, "orders");
     assert!(orders > 0, "{report}");
-    assert!(report["results"]["tickToTrade"]["count"].as_u64().unwrap() == orders, "{report}");
-    assert!(report["results"]["orderRoundTrip"]["count"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(report["exchange"]["ordersReceived"].as_u64().unwrap(), orders, "{report}");
+    assert!(
+        report["results"]["tickToTrade"]["count"].as_u64().unwrap() == orders,
+        "{report}"
+    );
+    assert!(
+        report["results"]["orderRoundTrip"]["count"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{report}"
+    );
+    assert_eq!(
+        report["exchange"]["ordersReceived"].as_u64().unwrap(),
+        orders,
+        "{report}"
+    );
 }
 
 #[test]
@@ -110,10 +153,27 @@ fn slo_breach_exits_three_and_table_output_reads_well() {
         "strict",
         "  exchange:\n    symbols: [EURUSD]\n    ratePerSecond: 5000\n  duration: 1s\n  slo:\n    p99Micros: 0.001\n",
     );
-    let out = ticklab().arg("run").arg(&file).arg("--quiet").timeout(std::time::Duration::from_secs(60)).output().unwrap();
+    let out = ticklab()
+        .arg("run")
+        .arg(&file)
+        .arg("--quiet")
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["one-way feed", "tick-to-trade", "p99.9", "SLO: BREACHED", "in memory only"] {
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "one-way feed",
+        "tick-to-trade",
+        "p99.9",
+        "SLO: BREACHED",
+        "in memory only",
+    ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
 }
@@ -121,11 +181,19 @@ fn slo_breach_exits_three_and_table_output_reads_well() {
 /// Runs with bad input: one line on stderr naming the problem, nothing on stdout,
 /// the given exit code.
 fn assert_rejected(args: &[&str], code: i32, needles: &[&str]) {
-    let out = ticklab().args(args).timeout(std::time::Duration::from_secs(30)).output().unwrap();
+    let out = ticklab()
+        .args(args)
+        .timeout(std::time::Duration::from_secs(30))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
     assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: not one line:\n{stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line:\n{stderr}"
+    );
     for n in needles {
         assert!(stderr.contains(n), "{args:?}: {n:?} not in {stderr:?}");
     }
@@ -136,11 +204,34 @@ fn bad_input_gets_one_line_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let good = "  exchange:\n    symbols: [EURUSD]\n    ratePerSecond: 1000\n  duration: 1s\n";
     let cases = [
-        ("unknown-field", good.replace("ratePerSecond", "ratePerSecnd"), vec!["ratePerSecnd"]),
-        ("rate-zero", good.replace("1000", "0"), vec!["spec.exchange.ratePerSecond", "0"]),
-        ("unknown-symbol", good.replace("EURUSD", "DOGEUSD"), vec!["spec.exchange.symbols", "DOGEUSD"]),
-        ("bad-duration", good.replace("1s", "soon"), vec!["spec.duration"]),
-        ("bad-transport", format!("{good}").replace("ratePerSecond: 1000", "ratePerSecond: 1000\n    transport: carrier-pigeon"), vec!["transport", "carrier-pigeon"]),
+        (
+            "unknown-field",
+            good.replace("ratePerSecond", "ratePerSecnd"),
+            vec!["ratePerSecnd"],
+        ),
+        (
+            "rate-zero",
+            good.replace("1000", "0"),
+            vec!["spec.exchange.ratePerSecond", "0"],
+        ),
+        (
+            "unknown-symbol",
+            good.replace("EURUSD", "DOGEUSD"),
+            vec!["spec.exchange.symbols", "DOGEUSD"],
+        ),
+        (
+            "bad-duration",
+            good.replace("1s", "soon"),
+            vec!["spec.duration"],
+        ),
+        (
+            "bad-transport",
+            good.replace(
+                "ratePerSecond: 1000",
+                "ratePerSecond: 1000\n    transport: carrier-pigeon",
+            ),
+            vec!["transport", "carrier-pigeon"],
+        ),
     ];
     for (name, body, needles) in cases {
         let file = experiment(dir.path(), name, &body);
@@ -150,7 +241,11 @@ fn bad_input_gets_one_line_naming_the_problem() {
         assert_rejected(&["run", path], 2, &needles);
         assert_rejected(&["validate", path], 2, &needles);
     }
-    assert_rejected(&["run", "/nonexistent/experiment.yaml"], 2, &["cannot read /nonexistent/experiment.yaml"]);
+    assert_rejected(
+        &["run", "/nonexistent/experiment.yaml"],
+        2,
+        &["cannot read /nonexistent/experiment.yaml"],
+    );
     let not_yaml = dir.path().join("garbage.yaml");
     std::fs::write(&not_yaml, "spec: [unclosed").unwrap();
     assert_rejected(&["run", not_yaml.to_str().unwrap()], 2, &["not valid YAML"]);
@@ -159,11 +254,23 @@ fn bad_input_gets_one_line_naming_the_problem() {
 #[test]
 fn port_in_use_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let file = experiment(dir.path(), "busy", "  exchange:\n    symbols: [EURUSD]\n    ratePerSecond: 1000\n  duration: 1s\n");
+    let file = experiment(
+        dir.path(),
+        "busy",
+        "  exchange:\n    symbols: [EURUSD]\n    ratePerSecond: 1000\n  duration: 1s\n",
+    );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    assert_rejected(&["run", file.to_str().unwrap(), "--trader-port", &port], 1, &[&format!("127.0.0.1:{port}")]);
-    assert_rejected(&["run", file.to_str().unwrap(), "--exchange-port", &port], 1, &[&format!("127.0.0.1:{port}")]);
+    assert_rejected(
+        &["run", file.to_str().unwrap(), "--trader-port", &port],
+        1,
+        &[&format!("127.0.0.1:{port}")],
+    );
+    assert_rejected(
+        &["run", file.to_str().unwrap(), "--exchange-port", &port],
+        1,
+        &[&format!("127.0.0.1:{port}")],
+    );
 }
 
 #[test]
@@ -177,5 +284,9 @@ fn quickstart_example_is_valid() {
 
 #[test]
 fn version_is_printed() {
-    ticklab().arg("--version").assert().success().stdout(predicates::str::contains(env!("CARGO_PKG_VERSION")));
+    ticklab()
+        .arg("--version")
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(env!("CARGO_PKG_VERSION")));
 }

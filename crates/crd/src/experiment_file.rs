@@ -81,10 +81,11 @@ pub fn parse_experiment(
     let Some(spec) = value.get("spec") else {
         return Err(invalid("spec", "is required".into()));
     };
-    check_schema(spec).map_err(|(field, problem)| invalid(&field, problem))?;
-
+    // Structure first (unknown or missing fields, wrong types, unknown symbols):
+    // serde names the offending key; then the schema's bounds and patterns.
     let experiment: LatencyExperiment = serde_path_to_error::deserialize(&value)
         .map_err(|e| invalid(&e.path().to_string(), e.inner().to_string()))?;
+    check_schema(spec).map_err(|(field, problem)| invalid(&field, problem))?;
     check_rules(&experiment.spec).map_err(|(field, problem)| invalid(&field, problem))?;
     Ok(experiment)
 }

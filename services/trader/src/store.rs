@@ -305,10 +305,9 @@ impl TradeStore {
 
     fn append(&self, pending: &mut Vec<Document>, batch: &TradeBatch) {
         pending.extend(
-            batch
-                .trades
-                .iter()
-                .map(|t| StoredTrade::from_received(&batch.session, t).to_document(&self.experiment)),
+            batch.trades.iter().map(|t| {
+                StoredTrade::from_received(&batch.session, t).to_document(&self.experiment)
+            }),
         );
     }
 

@@ -26,12 +26,19 @@ fn exchange_spec(rate: u64) -> ExchangeSpec {
     .unwrap()
 }
 
-fn trader_config(experiment: &str, feed_port: u16, exchange: &ticklab_exchange::ExchangeAddrs) -> TraderConfig {
+fn trader_config(
+    experiment: &str,
+    feed_port: u16,
+    exchange: &ticklab_exchange::ExchangeAddrs,
+) -> TraderConfig {
     TraderConfig {
         experiment: experiment.into(),
         symbols: vec![Instrument::EurUsd, Instrument::BtcUsd],
         spec: TraderSpec {
-            strategy: StrategySpec { enabled: false, ..StrategySpec::default() },
+            strategy: StrategySpec {
+                enabled: false,
+                ..StrategySpec::default()
+            },
             ..TraderSpec::default()
         },
         transport: Transport::Udp,
@@ -55,14 +62,21 @@ async fn wait_persisted(trader: &TraderHandle, n: u64) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("only {} of {n} trades persisted", store.count().await.unwrap());
+    panic!(
+        "only {} of {n} trades persisted",
+        store.count().await.unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trades_are_stored_once_served_newest_first_and_a_restart_adds_no_duplicates() {
     let experiment = format!("mongo-restart-{}", ticklab_wire::now_unix_nanos());
     // A free UDP port both trader incarnations bind in turn; the exchange sends there.
-    let feed_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let feed_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let exchange_stop = CancellationToken::new();
     let mut config = ExchangeConfig::local(
         &experiment,
@@ -71,15 +85,20 @@ async fn trades_are_stored_once_served_newest_first_and_a_restart_adds_no_duplic
         Some(format!("127.0.0.1:{feed_port}")),
     );
     config.spec.transport = Transport::Udp;
-    let exchange = ticklab_exchange::start(config, prometheus::Registry::new(), exchange_stop.clone())
-        .await
-        .unwrap();
+    let exchange =
+        ticklab_exchange::start(config, prometheus::Registry::new(), exchange_stop.clone())
+            .await
+            .unwrap();
 
     // First trader: receives the first part of the session, then stops.
     let first_stop = CancellationToken::new();
-    let first = start(trader_config(&experiment, feed_port, &exchange.addrs), prometheus::Registry::new(), first_stop.clone())
-        .await
-        .unwrap();
+    let first = start(
+        trader_config(&experiment, feed_port, &exchange.addrs),
+        prometheus::Registry::new(),
+        first_stop.clone(),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
     first_stop.cancel();
     let first_results = first.join().await.unwrap();
@@ -90,35 +109,60 @@ async fn trades_are_stored_once_served_newest_first_and_a_restart_adds_no_duplic
     // Second trader on the same port: joins mid-session, recovers everything from
     // sequence 1 through retransmission, and writes it all again.
     let second_stop = CancellationToken::new();
-    let second = start(trader_config(&experiment, feed_port, &exchange.addrs), prometheus::Registry::new(), second_stop.clone())
-        .await
-        .unwrap();
+    let second = start(
+        trader_config(&experiment, feed_port, &exchange.addrs),
+        prometheus::Registry::new(),
+        second_stop.clone(),
+    )
+    .await
+    .unwrap();
     exchange.feed_finished().await;
-    assert!(second.wait_settled(Duration::from_secs(10)).await, "{:?}", second.results());
+    assert!(
+        second.wait_settled(Duration::from_secs(10)).await,
+        "{:?}",
+        second.results()
+    );
     let published = exchange.stats.snapshot().trades_published;
     wait_persisted(&second, published).await;
 
     let store = second.store.clone().unwrap();
-    assert_eq!(store.count().await.unwrap(), published, "each trade stored exactly once");
-    let dups = store.counts.duplicates.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(dups >= stored_by_first, "the rewrite of the first part was deduplicated ({dups} < {stored_by_first})");
+    assert_eq!(
+        store.count().await.unwrap(),
+        published,
+        "each trade stored exactly once"
+    );
+    let dups = store
+        .counts
+        .duplicates
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        dups >= stored_by_first,
+        "the rewrite of the first part was deduplicated ({dups} < {stored_by_first})"
+    );
     let results = second.results();
     assert_eq!(results.sent, published);
     assert_eq!(results.lost, 0, "{results:?}");
     assert!(results.recovered >= first_results.received, "{results:?}");
 
     // GET /trades?limit=50: the newest 50, newest first, from MongoDB.
-    let body: serde_json::Value = reqwest::get(format!("http://{}/trades?limit=50", second.addrs.api))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value =
+        reqwest::get(format!("http://{}/trades?limit=50", second.addrs.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(body["source"], "mongodb");
     let trades = body["trades"].as_array().unwrap();
     assert_eq!(trades.len(), 50);
-    let received: Vec<u64> = trades.iter().map(|t| t["receivedAtNs"].as_u64().unwrap()).collect();
-    assert!(received.windows(2).all(|w| w[0] >= w[1]), "not newest first: {received:?}");
+    let received: Vec<u64> = trades
+        .iter()
+        .map(|t| t["receivedAtNs"].as_u64().unwrap())
+        .collect();
+    assert!(
+        received.windows(2).all(|w| w[0] >= w[1]),
+        "not newest first: {received:?}"
+    );
     let newest_in_db = store.recent(1).await.unwrap()[0].received_at_ns;
     assert_eq!(received[0], newest_in_db);
     assert!(trades[0]["latencyMicros"].as_f64().is_some());
@@ -134,13 +178,23 @@ async fn trades_are_stored_once_served_newest_first_and_a_restart_adds_no_duplic
 async fn an_unreachable_database_is_a_clear_error() {
     let registry = prometheus::Registry::new();
     let metrics = ticklab_trader::metrics::TraderMetrics::register(&registry).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let uri = format!("mongodb://user:hunter2@127.0.0.1:{port}/?serverSelectionTimeoutMS=500");
-    let err = ticklab_trader::store::TradeStore::connect(&uri, "x", 10, metrics, CancellationToken::new())
-        .await
-        .err()
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
-        .to_string();
+        .local_addr()
+        .unwrap()
+        .port();
+    let uri = format!("mongodb://user:hunter2@127.0.0.1:{port}/?serverSelectionTimeoutMS=500");
+    let err = ticklab_trader::store::TradeStore::connect(
+        &uri,
+        "x",
+        10,
+        metrics,
+        CancellationToken::new(),
+    )
+    .await
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 }

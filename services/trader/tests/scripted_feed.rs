@@ -22,7 +22,11 @@ fn trade(seq: u64) -> Trade {
         symbol: Symbol::new("EURUSD").unwrap(),
         price: Price(108_000_000 + (seq % 100) as i64),
         quantity: Quantity(100_000_000_000),
-        side: if seq % 2 == 0 { Side::Buy } else { Side::Sell },
+        side: if seq.is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
+        },
         trade_id: seq,
         send_ts_ns: now_unix_nanos(),
     }

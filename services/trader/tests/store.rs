@@ -39,13 +39,17 @@ fn batch(session: &str, seqs: std::ops::Range<u64>) -> TradeBatch {
     }
 }
 
-async fn connect(experiment: &str, capacity: usize) -> (TradeStore, tokio::task::JoinHandle<()>, CancellationToken) {
+async fn connect(
+    experiment: &str,
+    capacity: usize,
+) -> (TradeStore, tokio::task::JoinHandle<()>, CancellationToken) {
     let registry = prometheus::Registry::new();
     let metrics = TraderMetrics::register(&registry).unwrap();
     let stop = CancellationToken::new();
-    let (store, writer) = TradeStore::connect(&mongodb_uri(), experiment, capacity, metrics, stop.clone())
-        .await
-        .unwrap();
+    let (store, writer) =
+        TradeStore::connect(&mongodb_uri(), experiment, capacity, metrics, stop.clone())
+            .await
+            .unwrap();
     (store, writer, stop)
 }
 
@@ -56,7 +60,10 @@ async fn wait_count(store: &TradeStore, n: u64) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("count stayed at {} (want {n})", store.count().await.unwrap());
+    panic!(
+        "count stayed at {} (want {n})",
+        store.count().await.unwrap()
+    );
 }
 
 #[tokio::test]
@@ -76,9 +83,18 @@ async fn writes_are_idempotent_and_read_newest_first() {
 
     let recent = store.recent(50).await.unwrap();
     assert_eq!(recent.len(), 50);
-    let seqs: Vec<u64> = recent.iter().filter(|t| t.session == "S1").map(|t| t.seq).take(3).collect();
+    let seqs: Vec<u64> = recent
+        .iter()
+        .filter(|t| t.session == "S1")
+        .map(|t| t.seq)
+        .take(3)
+        .collect();
     assert_eq!(seqs, vec![400, 399, 398]);
-    assert!(recent.windows(2).all(|w| w[0].received_at_ns >= w[1].received_at_ns));
+    assert!(
+        recent
+            .windows(2)
+            .all(|w| w[0].received_at_ns >= w[1].received_at_ns)
+    );
     assert_eq!(recent[0].latency_micros, 0.5);
     stop.cancel();
     writer.await.unwrap();
@@ -99,5 +115,9 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     stop.cancel();
     writer.await.unwrap();
     let stored = store.count().await.unwrap();
-    assert_eq!(stored + dropped, 10_000, "every trade is either stored or counted as dropped");
+    assert_eq!(
+        stored + dropped,
+        10_000,
+        "every trade is either stored or counted as dropped"
+    );
 }

@@ -1,0 +1,69 @@
+//! `ticklab exchange --config F` and `ticklab trader --config F`: the services as
+//! they run in a pod, from the configuration the operator renders, in the one
+//! binary the container image ships. Run until SIGTERM; JSON logs by default.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Clone)]
+pub struct ServeArgs {
+    /// Service configuration (YAML).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Write the final counts as JSON to this file on exit.
+    #[arg(long)]
+    pub results_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+}
+
+fn read_config<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text))
+        .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner()))
+}
+
+fn init_logs(args: &ServeArgs) {
+    let format = if args.log_format == "text" {
+        ticklab_admin::LogFormat::Text
+    } else {
+        ticklab_admin::LogFormat::Json
+    };
+    ticklab_admin::init_tracing(ticklab_admin::LogFormat::from_env_or(format), "info");
+}
+
+fn write_results(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub async fn trader(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs(&args);
+    let mut config: ticklab_trader::TraderConfig = read_config(&args.config)?;
+    if let Ok(uri) = std::env::var("MONGODB_URI") {
+        config.mongodb_uri = Some(uri);
+    }
+    let shutdown = CancellationToken::new();
+    ticklab_admin::cancel_on_signal(shutdown.clone());
+    let handle = ticklab_trader::start(config, prometheus::Registry::new(), shutdown).await?;
+    let results = handle.join().await?;
+    write_results(&args.results_file, &results)
+}
+
+pub async fn exchange(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs(&args);
+    let config: ticklab_exchange::ExchangeConfig = read_config(&args.config)?;
+    let shutdown = CancellationToken::new();
+    ticklab_admin::cancel_on_signal(shutdown.clone());
+    let handle = ticklab_exchange::start(config, prometheus::Registry::new(), shutdown).await?;
+    let report = handle.join().await?;
+    write_results(&args.results_file, &report)
+}

@@ -1,0 +1,473 @@
+//! ticklab's simulated exchange: a seeded trade generator feeding a publisher thread
+//! (UDP, or TCP and WebSocket subscribers), a retransmission server answering gap
+//! requests from a ring of recent messages, and an order API (binary TCP and HTTP
+//! JSON) that acknowledges and fills orders with exchange timestamps.
+//!
+//! [`start`] binds every socket first — so a port in use is an error naming it —
+//! then starts publishing; the `exchange` binary and `ticklab run` both use it.
+
+#![forbid(unsafe_code)]
+
+pub mod generator;
+pub mod metrics;
+pub mod orders;
+pub mod publisher;
+pub mod retransmit;
+pub mod ring;
+pub mod streams;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use ticklab_admin::AdminState;
+use ticklab_crd::{ExchangeSpec, Transport};
+use ticklab_wire::Session;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::generator::{ArrivalClock, TradeGenerator};
+use crate::metrics::ExchangeMetrics;
+use crate::orders::{LastPrices, Matcher};
+use crate::publisher::{FeedSink, Publisher};
+use crate::retransmit::RetransmitServer;
+use crate::ring::RetransmitRing;
+use crate::streams::Subscribers;
+
+/// Everything the exchange needs; the operator renders it from the experiment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExchangeConfig {
+    /// Experiment name (logs).
+    pub experiment: String,
+    /// What to publish.
+    pub spec: ExchangeSpec,
+    /// Publish this long, then end the session; absent: until shutdown.
+    #[serde(default, with = "millis", rename = "durationMillis")]
+    pub duration: Option<Duration>,
+    /// "host:port" the UDP feed goes to (transport udp); resolved at start.
+    #[serde(default)]
+    pub feed_udp_target: Option<String>,
+    /// TCP or WebSocket feed listen address (transport tcp | websocket).
+    pub feed_listen: SocketAddr,
+    /// UDP retransmission server.
+    pub retransmit_listen: SocketAddr,
+    /// Binary order port.
+    pub order_tcp_listen: SocketAddr,
+    /// HTTP JSON order API.
+    pub order_http_listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub admin_listen: SocketAddr,
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+impl ExchangeConfig {
+    /// Every listen address on 127.0.0.1 with a free port.
+    pub fn local(
+        experiment: &str,
+        spec: ExchangeSpec,
+        duration: Option<Duration>,
+        feed_udp_target: Option<String>,
+    ) -> Self {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self {
+            experiment: experiment.to_string(),
+            spec,
+            duration,
+            feed_udp_target,
+            feed_listen: any,
+            retransmit_listen: any,
+            order_tcp_listen: any,
+            order_http_listen: any,
+            admin_listen: any,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot send the UDP feed to {target}: {problem}")]
+    FeedTarget { target: String, problem: String },
+    #[error("the experiment has no symbols")]
+    NoSymbols,
+    #[error(transparent)]
+    Admin(#[from] ticklab_admin::Error),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("an exchange task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("an exchange thread panicked")]
+    ThreadPanicked,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Counters, shared by the publisher, servers and whoever reports.
+#[derive(Default, Debug)]
+pub struct ExchangeStats {
+    pub trades_published: AtomicU64,
+    pub packets_sent: AtomicU64,
+    pub packets_dropped_by_fault: AtomicU64,
+    pub packets_lagged: AtomicU64,
+    pub next_seq: AtomicU64,
+    pub retransmit_requests: AtomicU64,
+    pub messages_retransmitted: AtomicU64,
+    pub unavailable_replies: AtomicU64,
+    pub malformed_requests: AtomicU64,
+    pub orders_received: AtomicU64,
+    pub orders_filled: AtomicU64,
+    pub orders_expired: AtomicU64,
+    pub orders_rejected: AtomicU64,
+    pub subscribers: AtomicU64,
+}
+
+/// The exchange's own account of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExchangeReport {
+    pub session: String,
+    pub trades_published: u64,
+    pub packets_sent: u64,
+    pub packets_dropped_by_fault: u64,
+    pub packets_lagged: u64,
+    pub next_seq: u64,
+    pub retransmit_requests: u64,
+    pub messages_retransmitted: u64,
+    pub unavailable_replies: u64,
+    pub malformed_requests: u64,
+    pub orders_received: u64,
+    pub orders_filled: u64,
+    pub orders_expired: u64,
+    pub orders_rejected: u64,
+    pub subscribers: u64,
+}
+
+impl ExchangeStats {
+    pub fn snapshot(&self) -> ExchangeReport {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ExchangeReport {
+            session: String::new(),
+            trades_published: l(&self.trades_published),
+            packets_sent: l(&self.packets_sent),
+            packets_dropped_by_fault: l(&self.packets_dropped_by_fault),
+            packets_lagged: l(&self.packets_lagged),
+            next_seq: l(&self.next_seq),
+            retransmit_requests: l(&self.retransmit_requests),
+            messages_retransmitted: l(&self.messages_retransmitted),
+            unavailable_replies: l(&self.unavailable_replies),
+            malformed_requests: l(&self.malformed_requests),
+            orders_received: l(&self.orders_received),
+            orders_filled: l(&self.orders_filled),
+            orders_expired: l(&self.orders_expired),
+            orders_rejected: l(&self.orders_rejected),
+            subscribers: l(&self.subscribers),
+        }
+    }
+}
+
+/// Bound addresses.
+#[derive(Clone, Copy, Debug)]
+pub struct ExchangeAddrs {
+    /// TCP / WebSocket feed (absent for UDP).
+    pub feed: Option<SocketAddr>,
+    pub retransmit: SocketAddr,
+    pub order_tcp: SocketAddr,
+    pub order_http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+pub struct ExchangeHandle {
+    pub addrs: ExchangeAddrs,
+    pub session: Session,
+    pub stats: Arc<ExchangeStats>,
+    finished: watch::Receiver<bool>,
+    publisher: std::thread::JoinHandle<()>,
+    retransmitter: std::thread::JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+    admin: JoinHandle<ticklab_admin::Result<()>>,
+    services_stop: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+/// A session name unique per start: base 36 of the start time in milliseconds, so
+/// a restarted exchange never reuses (session, sequence number) pairs.
+fn session_name() -> Session {
+    let mut ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let digits = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut name = Vec::new();
+    while ms > 0 {
+        name.push(digits[(ms % 36) as usize]);
+        ms /= 36;
+    }
+    name.reverse();
+    Session::from_name(std::str::from_utf8(&name).unwrap_or("TICKLAB"))
+}
+
+fn bind_err(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Bind { addr, source }
+}
+
+/// Binds everything, then starts publishing. Publishing stops when the configured
+/// duration elapses or `shutdown` is cancelled; the servers run until `shutdown`.
+pub async fn start(
+    config: ExchangeConfig,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+) -> Result<ExchangeHandle> {
+    let spec = &config.spec;
+    let metrics = ExchangeMetrics::register(&registry)?;
+    let admin_state = AdminState::new(registry);
+    let stats = Arc::new(ExchangeStats::default());
+    let session = session_name();
+    let generator = TradeGenerator::new(spec.seed, &spec.symbols);
+    if generator.is_empty() {
+        return Err(Error::NoSymbols);
+    }
+    let prices = Arc::new(LastPrices::new(generator.symbols()));
+    let ring = Arc::new(RetransmitRing::new(spec.retransmission_buffer as usize));
+    let max_packet_bytes = spec.max_packet_bytes as usize;
+    let services_stop = CancellationToken::new();
+
+    // Bind every socket before anything starts.
+    let admin_listener = ticklab_admin::bind(config.admin_listen).await?;
+    let retransmit_socket = std::net::UdpSocket::bind(config.retransmit_listen)
+        .map_err(bind_err(config.retransmit_listen))?;
+    let order_tcp = tokio::net::TcpListener::bind(config.order_tcp_listen)
+        .await
+        .map_err(bind_err(config.order_tcp_listen))?;
+    let order_http = tokio::net::TcpListener::bind(config.order_http_listen)
+        .await
+        .map_err(bind_err(config.order_http_listen))?;
+    let local = |l: &tokio::net::TcpListener, a| l.local_addr().map_err(bind_err(a));
+    let mut addrs = ExchangeAddrs {
+        feed: None,
+        retransmit: retransmit_socket
+            .local_addr()
+            .map_err(bind_err(config.retransmit_listen))?,
+        order_tcp: local(&order_tcp, config.order_tcp_listen)?,
+        order_http: local(&order_http, config.order_http_listen)?,
+        admin: local(&admin_listener, config.admin_listen)?,
+    };
+
+    let mut tasks = Vec::new();
+    let first_subscriber = Arc::new(Notify::new());
+    let sink = match spec.transport {
+        Transport::Udp => {
+            let target = config.feed_udp_target.clone().unwrap_or_default();
+            let resolved = tokio::net::lookup_host(&target)
+                .await
+                .map_err(|e| Error::FeedTarget {
+                    target: target.clone(),
+                    problem: e.to_string(),
+                })?
+                .next()
+                .ok_or_else(|| Error::FeedTarget {
+                    target: target.clone(),
+                    problem: "no address".into(),
+                })?;
+            let bind: SocketAddr = if resolved.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(resolved),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )
+            .map_err(bind_err(bind))?;
+            // A large send buffer absorbs a sendmmsg burst instead of blocking.
+            let _ = socket.set_send_buffer_size(4 * 1024 * 1024);
+            socket.bind(&bind.into()).map_err(bind_err(bind))?;
+            socket
+                .connect(&resolved.into())
+                .map_err(|e| Error::FeedTarget {
+                    target: target.clone(),
+                    problem: e.to_string(),
+                })?;
+            FeedSink::Udp(socket.into())
+        }
+        Transport::Tcp | Transport::Websocket => {
+            let listener = tokio::net::TcpListener::bind(config.feed_listen)
+                .await
+                .map_err(bind_err(config.feed_listen))?;
+            addrs.feed = Some(local(&listener, config.feed_listen)?);
+            let (tx, _) = broadcast::channel(65_536);
+            let subs = Subscribers {
+                packets: tx.clone(),
+                stats: stats.clone(),
+                metrics: metrics.clone(),
+                first: first_subscriber.clone(),
+                stop: services_stop.clone(),
+            };
+            if spec.transport == Transport::Tcp {
+                tasks.push(tokio::spawn(streams::serve_tcp(listener, subs)));
+            } else {
+                let router = streams::ws_router(subs);
+                let stop = services_stop.clone();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = ticklab_admin::serve(listener, router, stop).await {
+                        tracing::error!(error = %e, "WebSocket feed server failed");
+                    }
+                }));
+            }
+            FeedSink::Streams(tx)
+        }
+    };
+
+    let matcher = Matcher::new(prices.clone(), ring.clone(), stats.clone(), metrics.clone());
+    tasks.push(tokio::spawn(orders::serve_tcp(
+        order_tcp,
+        matcher.clone(),
+        services_stop.clone(),
+    )));
+    {
+        let stop = services_stop.clone();
+        let router = orders::http_router(matcher);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = ticklab_admin::serve(order_http, router, stop).await {
+                tracing::error!(error = %e, "order API failed");
+            }
+        }));
+    }
+    let admin = tokio::spawn(ticklab_admin::serve(
+        admin_listener,
+        ticklab_admin::admin_router(admin_state.clone()),
+        services_stop.clone(),
+    ));
+
+    let retransmitter = {
+        let server = RetransmitServer {
+            socket: retransmit_socket,
+            ring: ring.clone(),
+            session,
+            max_packet_bytes,
+            stats: stats.clone(),
+            metrics: metrics.clone(),
+        };
+        let stop = services_stop.clone();
+        std::thread::Builder::new()
+            .name("retransmit".into())
+            .spawn(move || server.run(stop))
+            .map_err(Error::Thread)?
+    };
+
+    let (finished_tx, finished) = watch::channel(false);
+    let streams = matches!(sink, FeedSink::Streams(_));
+    let publisher = Publisher {
+        generator,
+        clock: ArrivalClock::new(spec.seed, spec.rate_per_second, spec.microbursts.as_ref()),
+        session,
+        max_packet_bytes,
+        sink,
+        ring,
+        prices,
+        stats: stats.clone(),
+        metrics,
+        drop_fraction: spec
+            .faults
+            .as_ref()
+            .map_or(0.0, |f| f.drop_percent / 100.0)
+            .clamp(0.0, 1.0),
+        fault_rng: Publisher::fault_rng(spec.seed),
+        duration: config.duration,
+        finished: finished_tx,
+    };
+    // Streams start when the first subscriber connects, so a trader that connects
+    // promptly misses nothing; UDP starts at once.
+    let feed_stop = shutdown.clone();
+    let wait_for = streams.then(|| first_subscriber.clone());
+    let publisher = std::thread::Builder::new()
+        .name("feed-publisher".into())
+        .spawn(move || {
+            if let Some(first) = wait_for {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build();
+                if let Ok(rt) = runtime {
+                    rt.block_on(async {
+                        tokio::select! {
+                            _ = first.notified() => {},
+                            _ = feed_stop.cancelled() => {},
+                        }
+                    });
+                }
+            }
+            publisher.run(feed_stop)
+        })
+        .map_err(Error::Thread)?;
+    admin_state.set_ready(true);
+    tracing::info!(%session, ?addrs, transport = ?spec.transport, rate = spec.rate_per_second, "exchange started");
+
+    Ok(ExchangeHandle {
+        addrs,
+        session,
+        stats,
+        finished,
+        publisher,
+        retransmitter,
+        tasks,
+        admin,
+        services_stop,
+        shutdown,
+    })
+}
+
+impl ExchangeHandle {
+    /// Resolves once the end of session has been sent.
+    pub async fn feed_finished(&self) {
+        let mut rx = self.finished.clone();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// After `shutdown` is cancelled: stops everything and returns the final counts.
+    pub async fn join(self) -> Result<ExchangeReport> {
+        self.shutdown.cancelled().await;
+        let publisher = self.publisher;
+        tokio::task::spawn_blocking(move || publisher.join())
+            .await?
+            .map_err(|_| Error::ThreadPanicked)?;
+        self.services_stop.cancel();
+        let retransmitter = self.retransmitter;
+        tokio::task::spawn_blocking(move || retransmitter.join())
+            .await?
+            .map_err(|_| Error::ThreadPanicked)?;
+        for task in self.tasks {
+            task.await?;
+        }
+        self.admin.await??;
+        let mut report = self.stats.snapshot();
+        report.session = self.session.as_str();
+        Ok(report)
+    }
+}
