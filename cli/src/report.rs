@@ -85,8 +85,8 @@ pub fn table(r: &RunReport) -> String {
     out.push('\n');
 
     out.push_str(&format!(
-        "orders {} · fills {} · PnL {:.2} · receive timestamps: {}\n",
-        res.orders, res.fills, res.pnl, res.timestamp_source
+        "orders {} · fills {} · skipped {} · PnL {:.2} USD · receive timestamps: {}\n",
+        res.orders, res.fills, res.orders_skipped, res.pnl, res.timestamp_source
     ));
     match (r.persistence, res.persisted) {
         ("mongodb", Some(n)) => out.push_str(&format!("persisted to MongoDB: {n} trades\n")),

@@ -43,7 +43,12 @@ pub struct ExperimentResults {
     pub orders: u64,
     /// Orders filled.
     pub fills: u64,
-    /// Mark-to-market profit and loss in quote currency, summed over symbols.
+    /// Orders the strategy wanted but did not send (order queue full, or no
+    /// connection to the exchange at that moment).
+    #[serde(default)]
+    pub orders_skipped: u64,
+    /// Mark-to-market profit and loss in US dollars (quotes converted at the last
+    /// prices of the experiment's own USD pairs).
     pub pnl: f64,
     /// Trades stored in MongoDB (absent without persistence).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -54,12 +54,26 @@ impl OrderLedger {
         }
     }
 
-    /// Cash plus positions marked at `last_price` (symbols without a price count
-    /// their cash only).
-    pub fn pnl(&self, last_price: impl Fn(Symbol) -> Option<f64>) -> f64 {
+    /// Profit and loss in US dollars: per symbol, cash plus position marked at its
+    /// last price, in the quote currency, converted to USD through the last price of
+    /// USDxxx or xxxUSD. A symbol whose quote cannot be converted (no such pair in
+    /// the experiment) or has no price yet is left out.
+    pub fn pnl_usd(&self, last_price: impl Fn(&str) -> Option<f64>) -> f64 {
         self.positions
             .iter()
-            .map(|(s, (pos, cash))| cash + last_price(*s).map_or(0.0, |p| pos * p))
+            .filter_map(|(symbol, (pos, cash))| {
+                let name = symbol.as_str();
+                let mark = last_price(name)?;
+                let in_quote = cash + pos * mark;
+                let quote = name.get(3..6)?;
+                if quote == "USD" {
+                    Some(in_quote)
+                } else if let Some(p) = last_price(&format!("USD{quote}")) {
+                    Some(in_quote / p)
+                } else {
+                    last_price(&format!("{quote}USD")).map(|p| in_quote * p)
+                }
+            })
             .sum()
     }
 }
@@ -157,6 +171,11 @@ impl OrderClient {
         ledger.book_fill(fill);
     }
 
+    fn book_skipped(&mut self) {
+        self.metrics.orders.with_label_values(&["skipped"]).inc();
+        self.ledger.lock().skipped += 1;
+    }
+
     fn book_failure(&mut self, n: u64) {
         self.metrics.orders.with_label_values(&["failed"]).inc_by(n);
         self.ledger.lock().failed += n;
@@ -182,10 +201,21 @@ impl OrderClient {
             let stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(%addr, error = %e, "order port unreachable; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue 'connect,
+                    tracing::debug!(%addr, error = %e, "order port unreachable; retrying");
+                    // A tick's order is worth sending only now: while there is no
+                    // connection, intents are counted as skipped, not queued to go
+                    // out stale (which would also distort tick-to-trade).
+                    let retry = tokio::time::sleep(Duration::from_millis(20));
+                    tokio::pin!(retry);
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = &mut retry => continue 'connect,
+                            intent = intents.recv() => match intent {
+                                Some(_) => self.book_skipped(),
+                                None => return,
+                            },
+                        }
                     }
                 }
             };
@@ -311,7 +341,24 @@ mod tests {
         assert_eq!(pos, 0.0);
         assert!((cash - 100.0).abs() < 1e-9);
         l.book_fill(&fill(Side::Buy, 1.0));
-        let pnl = l.pnl(|_| Some(1.05));
+        let pnl = l.pnl_usd(|_| Some(1.05));
         assert!((pnl - 150.0).abs() < 1e-6, "{pnl}");
+
+        // A yen-quoted position is converted at USDJPY.
+        let mut l = OrderLedger::default();
+        let jpy = Symbol::new("USDJPY").unwrap();
+        l.book_fill(&Fill {
+            symbol: jpy,
+            ..fill(Side::Buy, 150.0)
+        });
+        let pnl = l.pnl_usd(|s| (s == "USDJPY").then_some(151.5));
+        assert!((pnl - 1000.0 * 1.5 / 151.5).abs() < 1e-6, "{pnl}");
+        // Nothing to convert with: left out rather than summed in yen.
+        let mut l = OrderLedger::default();
+        l.book_fill(&Fill {
+            symbol: Symbol::new("EURJPY").unwrap(),
+            ..fill(Side::Buy, 160.0)
+        });
+        assert_eq!(l.pnl_usd(|s| (s == "EURJPY").then_some(161.0)), 0.0);
     }
 }

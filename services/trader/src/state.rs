@@ -61,7 +61,12 @@ impl TraderShared {
         let feed = self.feed.lock();
         let orders = self.orders.lock();
         let prices = feed.last_prices.clone();
-        let pnl = orders.pnl(|s| prices.iter().find(|(p, _)| *p == s).map(|(_, v)| *v));
+        let pnl = orders.pnl_usd(|name| {
+            prices
+                .iter()
+                .find(|(s, _)| s.as_str() == name)
+                .map(|(_, v)| *v)
+        });
         let mut results = ExperimentResults {
             sent: feed.sent,
             // Late (reordered) trades did arrive on the feed.
@@ -77,6 +82,7 @@ impl TraderShared {
             timestamp_source: feed.timestamp_source.to_string(),
             orders: orders.sent,
             fills: orders.filled,
+            orders_skipped: orders.skipped,
             pnl: (pnl * 100.0).round() / 100.0,
             persisted: self
                 .store
