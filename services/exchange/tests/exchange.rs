@@ -214,7 +214,6 @@ async fn tcp_and_websocket_subscribers_get_every_packet() {
                 {
                     break;
                 }
-                }
             }
             let _ = ws.close(None).await;
         }
