@@ -71,6 +71,10 @@ pub struct FeedRow {
     pub p50_micros: f64,
     pub p99_micros: f64,
     pub p999_micros: f64,
+    /// The same to user-space receipt (includes the trader thread's wake-up).
+    pub user_p50_micros: f64,
+    pub user_p99_micros: f64,
+    pub user_p999_micros: f64,
 }
 
 fn spec(rate: u64, packet_bytes: u32, seconds: u64) -> LatencyExperimentSpec {
@@ -127,6 +131,7 @@ async fn run_rate(rate: u64, packet_bytes: u32, seconds: u64) -> anyhow::Result<
     pair.trader.wait_settled(Duration::from_secs(5)).await;
     let (results, exchange) = pair.stop().await?;
     let latency = results.feed_latency.clone().unwrap_or_default();
+    let user = results.feed_latency_user.clone().unwrap_or_default();
     Ok(FeedRow {
         requested_rate: rate,
         published: exchange.trades_published,
@@ -139,6 +144,9 @@ async fn run_rate(rate: u64, packet_bytes: u32, seconds: u64) -> anyhow::Result<
         p50_micros: latency.p50_micros,
         p99_micros: latency.p99_micros,
         p999_micros: latency.p999_micros,
+        user_p50_micros: user.p50_micros,
+        user_p99_micros: user.p99_micros,
+        user_p999_micros: user.p999_micros,
     })
 }
 
@@ -204,16 +212,29 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             json,
         } => {
             let writer = bench_writer(&mongodb_uri, trades).await?;
-            let plain = bench_plain(&mongodb_uri, trades).await?;
+            let plain_indexed = bench_plain(&mongodb_uri, trades, true).await?;
+            let plain_bare = bench_plain(&mongodb_uri, trades, false).await?;
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "trades": trades, "writerPerSecond": writer, "insertManyPerSecond": plain })
+                    serde_json::json!({
+                        "trades": trades,
+                        "writerPerSecond": writer,
+                        "insertManySameIndexesPerSecond": plain_indexed,
+                        "insertManyNoIndexesPerSecond": plain_bare,
+                    })
                 );
             } else {
                 println!("MongoDB writes of {trades} trades:");
-                println!("  ticklab trader writer : {writer:>10.0} trades/s");
-                println!("  plain insert_many loop: {plain:>10.0} trades/s");
+                println!(
+                    "  ticklab trader writer (unique + recent indexes): {writer:>10.0} trades/s"
+                );
+                println!(
+                    "  plain insert_many loop, same indexes           : {plain_indexed:>10.0} trades/s"
+                );
+                println!(
+                    "  plain insert_many loop, no secondary index      : {plain_bare:>10.0} trades/s"
+                );
             }
         }
     }
@@ -223,7 +244,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
 fn print_feed_row(r: &FeedRow, header: bool) {
     if header {
         println!(
-            "{:>10} {:>12} {:>12} {:>10} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9}",
+            "{:>9} {:>10} {:>10} {:>10} {:>5} {:>9} {:>5} | {:>24} | {:>24}",
             "rate",
             "trades/s",
             "packets/s",
@@ -231,13 +252,13 @@ fn print_feed_row(r: &FeedRow, header: bool) {
             "gaps",
             "recovered",
             "lost",
-            "p50 µs",
-            "p99 µs",
-            "p99.9 µs"
+            "kernel rx: p50/p99/p99.9",
+            "user rx: p50/p99/p99.9"
         );
     }
+    let triple = |a: f64, b: f64, c: f64| format!("{a:.1} / {b:.1} / {c:.1} µs");
     println!(
-        "{:>10} {:>12.0} {:>12.0} {:>10} {:>8} {:>9} {:>8} {:>9.1} {:>9.1} {:>9.1}",
+        "{:>9} {:>10.0} {:>10.0} {:>10} {:>5} {:>9} {:>5} | {:>24} | {:>24}",
         r.requested_rate,
         r.trades_per_second,
         r.packets_per_second,
@@ -245,9 +266,8 @@ fn print_feed_row(r: &FeedRow, header: bool) {
         r.gaps,
         r.recovered,
         r.lost,
-        r.p50_micros,
-        r.p99_micros,
-        r.p999_micros
+        triple(r.p50_micros, r.p99_micros, r.p999_micros),
+        triple(r.user_p50_micros, r.user_p99_micros, r.user_p999_micros),
     );
 }
 
@@ -335,8 +355,8 @@ async fn bench_writer(uri: &str, n: u64) -> anyhow::Result<f64> {
 }
 
 /// The reference: documents of the same shape, `insert_many` in batches of 5000,
-/// one after another.
-async fn bench_plain(uri: &str, n: u64) -> anyhow::Result<f64> {
+/// one after another; with the writer's indexes, or with none.
+async fn bench_plain(uri: &str, n: u64, indexed: bool) -> anyhow::Result<f64> {
     use mongodb::bson::doc;
     let client = mongodb::Client::with_uri_str(uri)
         .await
@@ -346,6 +366,23 @@ async fn bench_plain(uri: &str, n: u64) -> anyhow::Result<f64> {
         .unwrap_or_else(|| client.database("ticklab"));
     let coll = db.collection::<mongodb::bson::Document>("bench_plain");
     let _ = coll.drop().await;
+    if indexed {
+        use mongodb::IndexModel;
+        use mongodb::options::IndexOptions;
+        coll.create_index(
+            IndexModel::builder()
+                .keys(doc! { "experiment": 1, "session": 1, "seq": 1 })
+                .options(IndexOptions::builder().unique(true).build())
+                .build(),
+        )
+        .await?;
+        coll.create_index(
+            IndexModel::builder()
+                .keys(doc! { "experiment": 1, "receivedAtNs": -1 })
+                .build(),
+        )
+        .await?;
+    }
     let symbols = bench_symbols();
     let started = Instant::now();
     let mut seq = 1u64;

@@ -54,8 +54,9 @@ pub fn table(r: &RunReport) -> String {
         "p99.9",
         "max",
     ]);
-    let rows: [(&str, &Option<LatencySummary>); 3] = [
+    let rows: [(&str, &Option<LatencySummary>); 4] = [
         ("one-way feed", &res.feed_latency),
+        ("  to user space", &res.feed_latency_user),
         ("tick-to-trade", &res.tick_to_trade),
         ("order round trip", &res.order_round_trip),
     ];

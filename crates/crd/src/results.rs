@@ -30,6 +30,11 @@ pub struct ExperimentResults {
     /// One-way feed latency: exchange send timestamp to trader receive timestamp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feed_latency: Option<LatencySummary>,
+    /// One-way latency to the moment the trader's thread had the packet in user
+    /// space (includes its wake-up); present when kernel timestamps are used, and
+    /// the figure to compare with user-space tools such as sockperf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_latency_user: Option<LatencySummary>,
     /// Tick-to-trade: trader receive timestamp of a tick to its order leaving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tick_to_trade: Option<LatencySummary>,

@@ -64,6 +64,9 @@ impl Publisher {
 
     /// Publishes until the duration elapses or `stop`, then ends the session.
     pub fn run(mut self, stop: CancellationToken) {
+        // Sleeps end within a microsecond instead of the default 50 µs slack, so
+        // arrivals keep their schedule without spinning long (best effort).
+        let _ = nix::sys::prctl::set_timerslack(1_000);
         let start = Instant::now();
         let end_ns = self.duration.map(|d| d.as_nanos() as u64);
         let mut next_arrival = self.clock.next_arrival_ns();
@@ -241,7 +244,7 @@ impl Publisher {
 /// the wait, then a short spin, so arrivals are honoured to a few microseconds
 /// without burning a core at low rates.
 fn wait_until(start: Instant, target_ns: u64, stop: &CancellationToken) {
-    const SPIN: u64 = 60_000;
+    const SPIN: u64 = 10_000;
     loop {
         let now = start.elapsed().as_nanos() as u64;
         if now >= target_ns || stop.is_cancelled() {

@@ -93,3 +93,74 @@ mod tests {
         assert_eq!(h.count(), 2);
     }
 }
+
+/// The feed path's two distributions: to the kernel's receive timestamp, and to
+/// user-space receipt.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyPair {
+    pub feed: LatencyHistogram,
+    pub user: LatencyHistogram,
+}
+
+/// Keeps histogram merging off the feed path. Adding or clearing a histogram walks
+/// all its counters (hundreds of kilobytes), long enough to delay packets behind
+/// it; so the feed thread only swaps its filled pair for an empty one, and this
+/// thread adds the filled one into the shared totals, clears it and hands it back.
+pub struct LatencyMerger {
+    full: Option<std::sync::mpsc::Sender<Box<LatencyPair>>>,
+    empty: std::sync::mpsc::Receiver<Box<LatencyPair>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    merge: std::sync::Arc<dyn Fn(&LatencyPair) + Send + Sync>,
+}
+
+impl LatencyMerger {
+    pub fn spawn(merge: impl Fn(&LatencyPair) + Send + Sync + 'static) -> std::io::Result<Self> {
+        let merge: std::sync::Arc<dyn Fn(&LatencyPair) + Send + Sync> = std::sync::Arc::new(merge);
+        let (full_tx, full_rx) = std::sync::mpsc::channel::<Box<LatencyPair>>();
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel();
+        // Two spares: one being filled by the feed while another is merged.
+        for _ in 0..2 {
+            let _ = empty_tx.send(Box::default());
+        }
+        let worker_merge = merge.clone();
+        let thread = std::thread::Builder::new()
+            .name("latency-merge".into())
+            .spawn(move || {
+                for mut pair in full_rx {
+                    worker_merge(&pair);
+                    pair.feed.reset();
+                    pair.user.reset();
+                    if empty_tx.send(pair).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            full: Some(full_tx),
+            empty: empty_rx,
+            thread: Some(thread),
+            merge,
+        })
+    }
+
+    /// Hands `local` over for merging and gives the caller an empty pair; O(1). When
+    /// no empty pair is back yet, `local` simply keeps accumulating.
+    pub fn swap(&self, local: &mut Box<LatencyPair>) {
+        if let (Ok(mut empty), Some(full)) = (self.empty.try_recv(), &self.full) {
+            std::mem::swap(local, &mut empty);
+            let _ = full.send(empty);
+        }
+    }
+
+    /// Merges everything synchronously (the feed is over): waits for the thread to
+    /// finish what it has, then merges `local` in this thread.
+    pub fn finish(&mut self, local: &mut LatencyPair) {
+        self.full = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (self.merge)(local);
+        local.feed.reset();
+        local.user.reset();
+    }
+}

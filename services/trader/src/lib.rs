@@ -96,6 +96,8 @@ pub enum Error {
     Store(#[from] store::StoreError),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("a trader task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -198,7 +200,8 @@ pub async fn start(
         store.clone(),
         shared.clone(),
         metrics,
-    );
+    )
+    .map_err(Error::Thread)?;
     processor.set_recovery_policy(RecoveryPolicy {
         timeout_ns: config.recovery_timeout_ms.max(1) * 1_000_000,
         ..RecoveryPolicy::default()

@@ -27,6 +27,7 @@ pub struct FeedSnapshot {
     pub sent: u64,
     pub missing: u64,
     pub latency: LatencyHistogram,
+    pub latency_user: LatencyHistogram,
     pub recent: VecDeque<ReceivedTrade>,
     pub last_prices: Vec<(Symbol, f64)>,
     /// "kernel" or "user".
@@ -77,6 +78,7 @@ impl TraderShared {
             duplicates: feed.counts.duplicates,
             malformed: feed.malformed,
             feed_latency: feed.latency.summary(),
+            feed_latency_user: feed.latency_user.summary(),
             tick_to_trade: orders.tick_to_trade.summary(),
             order_round_trip: orders.round_trip.summary(),
             timestamp_source: feed.timestamp_source.to_string(),

@@ -14,7 +14,7 @@ use ticklab_wire::{FeedPacket, Message, PacketKind, RetransmitRequest, Session, 
 use tokio::sync::mpsc;
 
 use crate::gap_tracker::{GapCounts, GapTracker, RecoveryPolicy, Verdict, Via};
-use crate::latency::LatencyHistogram;
+use crate::latency::{LatencyMerger, LatencyPair};
 use crate::metrics::TraderMetrics;
 use crate::state::{RECENT_TRADES, TraderShared};
 use crate::store::{ReceivedTrade, TradeBatch, TradeStore};
@@ -35,7 +35,10 @@ pub struct FeedProcessor {
     batch: Vec<ReceivedTrade>,
     recent: VecDeque<ReceivedTrade>,
     last_prices: Vec<(Symbol, i64)>,
-    latency: LatencyHistogram,
+    /// One-way latency since the last flush; `user` only with kernel timestamps.
+    latency: Box<LatencyPair>,
+    merger: LatencyMerger,
+    user_rx_ns: Option<u64>,
     prom_latency: LocalHistogram,
     malformed: u64,
     timestamp_source: &'static str,
@@ -58,12 +61,18 @@ impl FeedProcessor {
         store: Option<TradeStore>,
         shared: Arc<TraderShared>,
         metrics: TraderMetrics,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
+        let into = shared.clone();
+        let merger = LatencyMerger::spawn(move |pair| {
+            let mut feed = into.feed.lock();
+            feed.latency.add(&pair.feed);
+            feed.latency_user.add(&pair.user);
+        })?;
         let last_prices = symbols
             .iter()
             .filter_map(|i| Symbol::new(i.symbol()).ok().map(|s| (s, 0)))
             .collect();
-        Self {
+        Ok(Self {
             gaps: GapTracker::new(1),
             session: None,
             session_name: Arc::from(""),
@@ -75,7 +84,9 @@ impl FeedProcessor {
             batch: Vec::new(),
             recent: VecDeque::with_capacity(RECENT_TRADES),
             last_prices,
-            latency: LatencyHistogram::new(),
+            latency: Box::default(),
+            merger,
+            user_rx_ns: None,
             prom_latency: metrics.feed_latency.local(),
             malformed: 0,
             timestamp_source: "user",
@@ -87,7 +98,7 @@ impl FeedProcessor {
             last_flush: Instant::now(),
             shared,
             metrics,
-        }
+        })
     }
 
     pub fn set_timestamp_source(&mut self, source: &'static str) {
@@ -107,8 +118,25 @@ impl FeedProcessor {
         self.gaps.end_of_session().is_some()
     }
 
-    /// Handles one packet received at `rx_ns` (realtime clock, ns).
+    /// Handles one packet received at `rx_ns` (realtime clock, ns, taken in user
+    /// space).
     pub fn on_packet(&mut self, bytes: &[u8], rx_ns: u64, via: Via) {
+        self.on_packet_at(bytes, None, rx_ns, via);
+    }
+
+    /// Handles one packet with the kernel's receive timestamp, when the socket gave
+    /// one, and the time this thread got it. Latency is measured from the kernel's
+    /// stamp; the user-space one is kept as a second distribution, which is what a
+    /// user-space tool such as sockperf measures (it includes the wake-up).
+    pub fn on_packet_at(
+        &mut self,
+        bytes: &[u8],
+        kernel_rx_ns: Option<u64>,
+        user_rx_ns: u64,
+        via: Via,
+    ) {
+        self.user_rx_ns = kernel_rx_ns.map(|_| user_rx_ns);
+        let rx_ns = kernel_rx_ns.unwrap_or(user_rx_ns);
         let packet = match FeedPacket::parse(bytes) {
             Ok(p) => p,
             Err(e) => {
@@ -190,8 +218,13 @@ impl FeedProcessor {
         let recovered = via == Via::Retransmission;
         if !recovered {
             let latency = rx_ns.saturating_sub(trade.send_ts_ns);
-            self.latency.record_ns(latency);
+            self.latency.feed.record_ns(latency);
             self.prom_latency.observe(latency as f64 / 1e9);
+            if let Some(user) = self.user_rx_ns {
+                self.latency
+                    .user
+                    .record_ns(user.saturating_sub(trade.send_ts_ns));
+            }
         }
         if let Some(slot) = self
             .last_prices
@@ -251,10 +284,12 @@ impl FeedProcessor {
         requests
     }
 
-    /// Gives up on whatever is still missing (the run is over) and publishes.
+    /// Gives up on whatever is still missing (the run is over) and publishes
+    /// everything, latency included, before returning.
     pub fn finish(&mut self) {
         self.gaps.finish();
         self.flush();
+        self.merger.finish(&mut self.latency);
     }
 
     /// Refreshes shared views and metrics when `FLUSH_EVERY` has passed.
@@ -277,7 +312,7 @@ impl FeedProcessor {
             feed.malformed = self.malformed;
             feed.sent = self.carry_sent + self.gaps.known_sent();
             feed.missing = self.gaps.missing_count();
-            feed.latency.add(&self.latency);
+
             feed.recent.clone_from(&self.recent);
             feed.last_prices = self
                 .last_prices
@@ -288,7 +323,7 @@ impl FeedProcessor {
             feed.timestamp_source = self.timestamp_source;
             feed.end_of_session = self.gaps.end_of_session().is_some();
         }
-        self.latency.reset();
+        self.merger.swap(&mut self.latency);
         if self.orders_skipped > 0 {
             self.metrics
                 .orders

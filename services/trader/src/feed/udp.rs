@@ -111,7 +111,7 @@ pub fn run_udp_feed(
                 let fallback = now_unix_nanos();
                 for (buf, (len, ts)) in bufs.iter().zip(&meta) {
                     let bytes = buf.get(..*len).unwrap_or(&[]);
-                    processor.on_packet(bytes, ts.unwrap_or(fallback), Via::Live);
+                    processor.on_packet_at(bytes, *ts, fallback, Via::Live);
                 }
                 if meta.len() < BATCH {
                     break;
