@@ -11,7 +11,7 @@ use ticklab_wire::Symbol;
 use tokio::sync::watch;
 
 use crate::gap_tracker::GapCounts;
-use crate::latency::LatencyHistogram;
+use crate::latency::LatencyPair;
 use crate::orders::OrderLedger;
 use crate::store::{ReceivedTrade, StoreCounts};
 
@@ -26,8 +26,6 @@ pub struct FeedSnapshot {
     pub malformed: u64,
     pub sent: u64,
     pub missing: u64,
-    pub latency: LatencyHistogram,
-    pub latency_user: LatencyHistogram,
     pub recent: VecDeque<ReceivedTrade>,
     pub last_prices: Vec<(Symbol, f64)>,
     /// "kernel" or "user".
@@ -39,6 +37,9 @@ pub struct TraderShared {
     pub experiment: String,
     pub slo: Option<SloSpec>,
     pub feed: Mutex<FeedSnapshot>,
+    /// Cumulative one-way latency, under its own lock: merged in by a background
+    /// thread, so the feed thread never waits for it.
+    pub latency: Mutex<LatencyPair>,
     pub orders: Arc<Mutex<OrderLedger>>,
     pub store: Option<Arc<StoreCounts>>,
     /// True once the session ended and nothing is missing any more.
@@ -51,6 +52,7 @@ impl TraderShared {
             experiment: experiment.to_string(),
             slo,
             feed: Mutex::default(),
+            latency: Mutex::default(),
             orders: Arc::default(),
             store: None,
             settled: watch::Sender::new(false),
@@ -59,6 +61,10 @@ impl TraderShared {
 
     /// Everything measured so far, in the shape every report uses.
     pub fn results(&self) -> ExperimentResults {
+        let (feed_latency, feed_latency_user) = {
+            let l = self.latency.lock();
+            (l.feed.summary(), l.user.summary())
+        };
         let feed = self.feed.lock();
         let orders = self.orders.lock();
         let prices = feed.last_prices.clone();
@@ -77,8 +83,8 @@ impl TraderShared {
             lost: feed.counts.lost,
             duplicates: feed.counts.duplicates,
             malformed: feed.malformed,
-            feed_latency: feed.latency.summary(),
-            feed_latency_user: feed.latency_user.summary(),
+            feed_latency,
+            feed_latency_user,
             tick_to_trade: orders.tick_to_trade.summary(),
             order_round_trip: orders.round_trip.summary(),
             timestamp_source: feed.timestamp_source.to_string(),

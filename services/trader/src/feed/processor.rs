@@ -64,9 +64,9 @@ impl FeedProcessor {
     ) -> std::io::Result<Self> {
         let into = shared.clone();
         let merger = LatencyMerger::spawn(move |pair| {
-            let mut feed = into.feed.lock();
-            feed.latency.add(&pair.feed);
-            feed.latency_user.add(&pair.user);
+            let mut total = into.latency.lock();
+            total.feed.add(&pair.feed);
+            total.user.add(&pair.user);
         })?;
         let last_prices = symbols
             .iter()
