@@ -41,6 +41,18 @@ echo '```'
 sockperf throughput -i 127.0.0.1 -p "$port" -m 1472 -t "$secs" 2>&1 | grep -E "Summary|dropped" | sed 's/\x1b\[[0-9;]*m//g'
 echo '```'
 echo
+echo "## Packet rate with small packets (128-byte packets, two trades each)"
+echo
+echo '```'
+"$ticklab" bench feed --seconds "$secs" --packet-bytes 128 --rates 200000,400000,600000,800000
+echo '```'
+echo
+echo "sockperf throughput, 64-byte messages:"
+echo
+echo '```'
+sockperf throughput -i 127.0.0.1 -p "$port" -m 64 -t "$secs" 2>&1 | grep -E "Summary: Message" | sed 's/\x1b\[[0-9;]*m//g'
+echo '```'
+echo
 echo "## One-way latency (loopback UDP)"
 echo
 echo '```'

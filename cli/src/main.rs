@@ -88,17 +88,21 @@ pub mod exit {
     pub const SLO_BREACHED: u8 = 3;
 }
 
-/// Runs a command's future; any error is one line and exit code 1.
-fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("ticklab: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::RUNTIME);
-        }
+            ExitCode::from(exit::RUNTIME)
+        })
+}
+
+/// Runs a command's future; any error is one line and exit code 1.
+fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,22 +160,13 @@ fn main() -> ExitCode {
                     "warn",
                 );
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("ticklab: cannot start the async runtime: {e}");
-                    return ExitCode::from(exit::RUNTIME);
-                }
-            };
-            match runtime.block_on(local_run::run(experiment, args)) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => {
+            match runtime().map(|rt| rt.block_on(local_run::run(experiment, args))) {
+                Ok(Ok(code)) => ExitCode::from(code),
+                Ok(Err(e)) => {
                     eprintln!("ticklab: {e:#}");
                     ExitCode::from(exit::RUNTIME)
                 }
+                Err(code) => code,
             }
         }
     }
