@@ -59,6 +59,12 @@ echo '```'
 "$ticklab" bench latency --seconds "$secs"
 echo '```'
 echo
+echo "The same with the trader busy-polling its feed socket (spec.trader.busyPoll):"
+echo
+echo '```'
+"$ticklab" bench latency --seconds "$secs" --busy-poll
+echo '```'
+echo
 for mps in 10000 100000; do
   echo "sockperf ping-pong at $mps msg/s, 64-byte messages (latency = RTT/2):"
   echo

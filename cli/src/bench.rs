@@ -42,6 +42,9 @@ pub enum BenchCommand {
         rates: Vec<u64>,
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// The trader spins on its feed socket (`spec.trader.busyPoll`).
+        #[arg(long)]
+        busy_poll: bool,
         #[arg(long)]
         json: bool,
     },
@@ -77,7 +80,7 @@ pub struct FeedRow {
     pub user_p999_micros: f64,
 }
 
-fn spec(rate: u64, packet_bytes: u32, seconds: u64) -> LatencyExperimentSpec {
+fn spec(rate: u64, packet_bytes: u32, seconds: u64, busy_poll: bool) -> LatencyExperimentSpec {
     LatencyExperimentSpec {
         exchange: ExchangeSpec {
             symbols: vec![
@@ -104,6 +107,7 @@ fn spec(rate: u64, packet_bytes: u32, seconds: u64) -> LatencyExperimentSpec {
                 enabled: false,
                 ..PersistenceSpec::default()
             },
+            busy_poll,
             ..TraderSpec::default()
         },
         placement: Default::default(),
@@ -112,11 +116,16 @@ fn spec(rate: u64, packet_bytes: u32, seconds: u64) -> LatencyExperimentSpec {
     }
 }
 
-async fn run_rate(rate: u64, packet_bytes: u32, seconds: u64) -> anyhow::Result<FeedRow> {
+async fn run_rate(
+    rate: u64,
+    packet_bytes: u32,
+    seconds: u64,
+    busy_poll: bool,
+) -> anyhow::Result<FeedRow> {
     let duration = Duration::from_secs(seconds);
     let pair = LocalPair::start(
         "bench",
-        &spec(rate, packet_bytes, seconds),
+        &spec(rate, packet_bytes, seconds, busy_poll),
         &PairOptions {
             duration: Some(duration),
             mongodb_uri: None,
@@ -160,7 +169,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         } => {
             let mut rows = Vec::new();
             for rate in rates {
-                let row = run_rate(rate, packet_bytes, seconds).await?;
+                let row = run_rate(rate, packet_bytes, seconds, false).await?;
                 if !json {
                     print_feed_row(&row, rows.is_empty());
                 }
@@ -189,11 +198,12 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Latency {
             rates,
             seconds,
+            busy_poll,
             json,
         } => {
             let mut rows = Vec::new();
             for rate in rates {
-                let row = run_rate(rate, 1472, seconds).await?;
+                let row = run_rate(rate, 1472, seconds, busy_poll).await?;
                 if !json {
                     print_feed_row(&row, rows.is_empty());
                 }

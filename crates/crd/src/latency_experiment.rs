@@ -133,6 +133,11 @@ pub struct TraderSpec {
     /// Storing received trades in MongoDB.
     #[serde(default)]
     pub persistence: PersistenceSpec,
+    /// Spin on the UDP feed socket instead of sleeping until a packet arrives:
+    /// lower, steadier receive latency for one core kept busy (what latency-bound
+    /// trading systems do).
+    #[serde(default)]
+    pub busy_poll: bool,
 }
 
 /// A momentum strategy: when a symbol's price moves at least `thresholdBps` from the

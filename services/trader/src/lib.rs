@@ -237,9 +237,10 @@ pub async fn start(
             let local = socket.local_addr().ok();
             processor.set_timestamp_source(if kernel_ts { "kernel" } else { "user" });
             let token = shutdown.clone();
+            let busy_poll = config.spec.busy_poll;
             let thread = std::thread::Builder::new()
                 .name("feed-udp".into())
-                .spawn(move || run_udp_feed(socket, recovery, processor, token))
+                .spawn(move || run_udp_feed(socket, recovery, processor, busy_poll, token))
                 .map_err(|source| Error::FeedBind {
                     addr: config.feed_udp_listen,
                     source,

@@ -48,8 +48,15 @@ pub fn run_udp_feed(
     feed: UdpSocket,
     recovery: UdpSocket,
     mut processor: FeedProcessor,
+    busy_poll: bool,
     shutdown: CancellationToken,
 ) -> FeedProcessor {
+    // Sleeping in poll() costs a wake-up per packet; spinning costs a core.
+    let wait = if busy_poll {
+        PollTimeout::ZERO
+    } else {
+        PollTimeout::from(2u8)
+    };
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
     let mut headers =
         MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec)));
@@ -64,7 +71,7 @@ pub fn run_udp_feed(
                 PollFd::new(feed.as_fd(), PollFlags::POLLIN),
                 PollFd::new(recovery.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::from(2u8)) {
+            match poll(&mut fds, wait) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "poll failed; feed handler stops");
