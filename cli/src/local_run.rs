@@ -22,6 +22,8 @@ use crate::{OutputFormat, RunArgs, exit};
 
 /// How long the trader may keep recovering after the feed ended.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same after Ctrl-C, when the user wants the report now.
+const INTERRUPT_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What `--output json` prints.
 #[derive(Serialize)]
@@ -202,7 +204,13 @@ pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result
             _ = tick.tick() => progress.update(&trader.results(), started.elapsed()),
         }
     }
-    if !was_interrupted {
+    if was_interrupted {
+        // End the session cleanly so trades already on the way are counted as
+        // delivered, not lost, then give recovery a short moment.
+        exchange.end_feed();
+        exchange.feed_finished().await;
+        trader.wait_settled(INTERRUPT_SETTLE_TIMEOUT).await;
+    } else {
         progress.set_message("feed ended; recovering the last gaps");
         tokio::select! {
             _ = trader.wait_settled(SETTLE_TIMEOUT) => {},

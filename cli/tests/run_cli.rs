@@ -290,3 +290,49 @@ fn version_is_printed() {
         .success()
         .stdout(predicates::str::contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn ctrl_c_ends_the_session_cleanly_and_still_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = experiment(
+        dir.path(),
+        "until-interrupted",
+        "  exchange:\n    symbols: [EURUSD, USDJPY]\n    ratePerSecond: 5000\n",
+    );
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ticklab"))
+        .arg("run")
+        .arg(&file)
+        .args(["--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let trades flow (no duration: it would run forever), then interrupt it.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["interrupted"], true);
+    assert!(u(&report, "sent") > 0, "{report}");
+    assert_nothing_lost(&report);
+}
+
+/// After an interrupt the session is ended cleanly, so nothing is lost either.
+fn assert_nothing_lost(report: &Value) {
+    assert_eq!(u(report, "lost"), 0, "{report}");
+    assert_eq!(
+        u(report, "received") + u(report, "recovered"),
+        u(report, "sent"),
+        "{report}"
+    );
+}

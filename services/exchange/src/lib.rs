@@ -214,6 +214,7 @@ pub struct ExchangeHandle {
     admin: JoinHandle<ticklab_admin::Result<()>>,
     services_stop: CancellationToken,
     shutdown: CancellationToken,
+    feed_control: CancellationToken,
 }
 
 /// A session name unique per start: base 36 of the start time in milliseconds, so
@@ -405,7 +406,9 @@ pub async fn start(
     };
     // Streams start when the first subscriber connects, so a trader that connects
     // promptly misses nothing; UDP starts at once.
-    let feed_stop = shutdown.clone();
+    // The feed can end early on its own (`end_feed`) while the servers go on.
+    let feed_stop = shutdown.child_token();
+    let feed_control = feed_stop.clone();
     let wait_for = streams.then(|| first_subscriber.clone());
     let publisher = std::thread::Builder::new()
         .name("feed-publisher".into())
@@ -440,6 +443,7 @@ pub async fn start(
         admin,
         services_stop,
         shutdown,
+        feed_control,
     })
 }
 
@@ -448,6 +452,12 @@ impl ExchangeHandle {
     pub async fn feed_finished(&self) {
         let mut rx = self.finished.clone();
         let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// Ends the session now (end-of-session sent as usual); retransmission and the
+    /// order API keep serving until shutdown.
+    pub fn end_feed(&self) {
+        self.feed_control.cancel();
     }
 
     /// After `shutdown` is cancelled: stops everything and returns the final counts.
