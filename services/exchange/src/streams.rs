@@ -76,21 +76,7 @@ pub async fn serve_tcp(listener: TcpListener, subs: Subscribers) {
                 .max_frame_length(ticklab_wire::frame::MAX_FRAME)
                 .new_codec();
             let mut sink = FramedWrite::new(stream, codec);
-            loop {
-                let packet = tokio::select! {
-                    _ = subs.stop.cancelled() => break,
-                    p = rx.recv() => p,
-                };
-                match packet {
-                    Ok(p) => {
-                        if sink.send(p).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => subs.lagged(n),
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
+            pump(&subs, &mut rx, &mut sink, |p| p).await;
             subs.left();
         });
     }
@@ -108,21 +94,34 @@ async fn upgrade(State(subs): State<Subscribers>, ws: WebSocketUpgrade) -> Respo
 async fn forward(mut socket: WebSocket, subs: Subscribers) {
     let mut rx = subs.packets.subscribe();
     subs.joined();
+    pump(&subs, &mut rx, &mut socket, WsMessage::Binary).await;
+    let _ = socket.send(WsMessage::Close(None)).await;
+    subs.left();
+}
+
+/// Forwards packets to one subscriber until it goes away or the exchange stops;
+/// packets it was too slow for are counted as lagged.
+async fn pump<S, T>(
+    subs: &Subscribers,
+    rx: &mut broadcast::Receiver<Bytes>,
+    sink: &mut S,
+    wrap: fn(Bytes) -> T,
+) where
+    S: futures::Sink<T> + Unpin,
+{
     loop {
         let packet = tokio::select! {
-            _ = subs.stop.cancelled() => break,
+            _ = subs.stop.cancelled() => return,
             p = rx.recv() => p,
         };
         match packet {
             Ok(p) => {
-                if socket.send(WsMessage::Binary(p)).await.is_err() {
-                    break;
+                if sink.send(wrap(p)).await.is_err() {
+                    return;
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => subs.lagged(n),
-            Err(broadcast::error::RecvError::Closed) => break,
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
-    let _ = socket.send(WsMessage::Close(None)).await;
-    subs.left();
 }
