@@ -30,6 +30,15 @@ echo "MongoDB-wire server at $TICKLAB_TEST_MONGODB_URI" >&2
 step "format"
 cargo fmt --all --check
 
+step "generated files (crds/ from the Rust types)"
+cargo run --quiet --locked -p ticklab-crd --bin crdgen -- crds >/dev/null
+if [ -d .git ] && [ -n "$(git status --porcelain -- crds)" ]; then
+  git status --short -- crds >&2
+  git --no-pager diff --stat -- crds >&2
+  echo "crds/ is out of date: run 'cargo run -p ticklab-crd --bin crdgen -- crds' and commit" >&2
+  exit 1
+fi
+
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

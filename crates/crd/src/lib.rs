@@ -8,11 +8,15 @@
 pub mod experiment_file;
 pub mod instruments;
 pub mod latency_experiment;
+pub mod mirror_session;
+pub mod recording_session;
 pub mod results;
 
 pub use experiment_file::{ExperimentFileError, load_experiment, parse_experiment};
 pub use instruments::{Instrument, InstrumentProfile};
 pub use latency_experiment::*;
+pub use mirror_session::{MirrorSession, MirrorSessionSpec, MirrorSessionStatus};
+pub use recording_session::{RecordingSession, RecordingSessionSpec, RecordingSessionStatus};
 pub use results::{ExperimentResults, LatencySummary, SloVerdict};
 
 /// API group of every ticklab resource.

@@ -69,12 +69,19 @@ pub struct ExperimentResults {
 pub struct LatencySummary {
     /// Samples.
     pub count: u64,
+    /// Smallest sample, µs.
     pub min_micros: f64,
+    /// Median, µs.
     pub p50_micros: f64,
+    /// 90th percentile, µs.
     pub p90_micros: f64,
+    /// 99th percentile, µs.
     pub p99_micros: f64,
+    /// 99.9th percentile, µs.
     pub p999_micros: f64,
+    /// Largest sample, µs.
     pub max_micros: f64,
+    /// Mean, µs.
     pub mean_micros: f64,
 }
 
