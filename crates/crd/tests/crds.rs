@@ -27,10 +27,6 @@ fn check(schema: &Value, path: &str, missing: &mut Vec<String>, forbidden: &mut 
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (name, sub) in props {
             let field = format!("{path}.{name}");
-            // metadata is Kubernetes' own; conditions are metav1.Condition.
-            if name == "metadata" && path == "" {
-                continue;
-            }
             if sub
                 .get("description")
                 .and_then(Value::as_str)
