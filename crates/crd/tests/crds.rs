@@ -92,7 +92,7 @@ fn committed_crds_match_the_types() {
             std::fs::read_to_string(dir.join(format!("{name}.yaml"))).unwrap_or_else(|e| {
                 panic!("crds/{name}.yaml: {e}; run `cargo run -p ticklab-crd --bin crdgen -- crds`")
             });
-        let expected = serde_yaml::to_string(&crd).unwrap();
+        let expected = ticklab_crd::render_crd_yaml(&crd).unwrap();
         assert!(
             committed.ends_with(&expected),
             "crds/{name}.yaml is stale: run `cargo run -p ticklab-crd --bin crdgen -- crds` and commit"

@@ -21,7 +21,7 @@ fn main() -> std::process::ExitCode {
     for crd in crds {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let path = dir.join(format!("{name}.yaml"));
-        let yaml = match serde_yaml::to_string(&crd) {
+        let yaml = match ticklab_crd::render_crd_yaml(&crd) {
             Ok(y) => y,
             Err(e) => {
                 eprintln!("crdgen: cannot render {name}: {e}");
