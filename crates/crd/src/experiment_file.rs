@@ -86,6 +86,8 @@ pub fn parse_experiment(
     let experiment: LatencyExperiment = serde_path_to_error::deserialize(&value)
         .map_err(|e| invalid(&e.path().to_string(), e.inner().to_string()))?;
     check_schema(spec).map_err(|(field, problem)| invalid(&field, problem))?;
+    check_name(experiment.metadata.name.as_deref().unwrap_or_default())
+        .map_err(|problem| invalid("metadata.name", problem))?;
     check_rules(&experiment.spec).map_err(|(field, problem)| invalid(&field, problem))?;
     Ok(experiment)
 }
@@ -131,7 +133,28 @@ fn check_schema(spec: &serde_json::Value) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// Rules across fields that the schema cannot state.
+/// The CRD's CEL rules on the name (the API server enforces them in a cluster).
+fn check_name(name: &str) -> Result<(), String> {
+    if name.len() > 40 {
+        return Err(format!(
+            "{name:?} is longer than 40 characters; it prefixes the names of the experiment's pods and Services"
+        ));
+    }
+    let mut chars = name.chars();
+    let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let valid_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !starts_with_letter || !valid_chars || name.ends_with('-') {
+        return Err(format!(
+            "{name:?} must start with a letter and hold only lowercase letters, digits and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Rules across fields: the CRD states them as CEL rules, which the API server
+/// evaluates and the schema validator used here does not.
 fn check_rules(spec: &LatencyExperimentSpec) -> Result<(), (String, String)> {
     let mut seen = std::collections::HashSet::new();
     for (i, symbol) in spec.exchange.symbols.iter().enumerate() {
@@ -155,6 +178,22 @@ fn check_rules(spec: &LatencyExperimentSpec) -> Result<(), (String, String)> {
     }
     if let Some(text) = &spec.duration {
         parse_duration(text).map_err(|problem| ("spec.duration".to_string(), problem))?;
+    }
+    if let Some(slo) = &spec.slo
+        && slo.p99_micros.is_none()
+        && slo.max_loss_percent.is_none()
+    {
+        return Err((
+            "spec.slo".into(),
+            "needs p99Micros or maxLossPercent (or both)".into(),
+        ));
+    }
+    let persistence = &spec.trader.persistence;
+    if !persistence.enabled && persistence.external_uri_secret.is_some() {
+        return Err((
+            "spec.trader.persistence.externalUriSecret".into(),
+            "is set but persistence is disabled".into(),
+        ));
     }
     Ok(())
 }
@@ -235,6 +274,24 @@ spec:
 
         let e = error_of(&GOOD.replace("[EURUSD, BTCUSD]", "[EURUSD, EURUSD]"));
         assert!(e.contains("listed twice"), "{e}");
+
+        let e = error_of(&GOOD.replace("name: quick", "name: 9lives"));
+        assert!(
+            e.contains("metadata.name") && e.contains("start with a letter"),
+            "{e}"
+        );
+
+        let e = error_of(&GOOD.replace("name: quick", &format!("name: {}", "q".repeat(41))));
+        assert!(e.contains("metadata.name") && e.contains("40"), "{e}");
+
+        let e = error_of(&GOOD.replace("  duration: 5s", "  duration: 5s\n  slo: {}"));
+        assert!(e.contains("spec.slo") && e.contains("p99Micros"), "{e}");
+
+        let e = error_of(&GOOD.replace(
+            "  duration: 5s",
+            "  duration: 5s\n  trader:\n    persistence:\n      enabled: false\n      externalUriSecret: {name: db, key: uri}",
+        ));
+        assert!(e.contains("externalUriSecret"), "{e}");
 
         let e = error_of("spec: [unclosed");
         assert!(e.contains("not valid YAML"), "{e}");

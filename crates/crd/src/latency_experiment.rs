@@ -3,7 +3,7 @@
 //! `ticklab run` reads the very same YAML and runs it on loopback.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +12,7 @@ use crate::results::ExperimentResults;
 
 /// A latency experiment: a simulated exchange streams trades to a trader, which
 /// measures one-way feed latency and tick-to-trade and reports loss.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "ticklab.dev",
     version = "v1alpha1",
@@ -25,7 +25,11 @@ use crate::results::ExperimentResults;
     printcolumn = r#"{"name":"Transport","type":"string","jsonPath":".spec.exchange.transport"}"#,
     printcolumn = r#"{"name":"p99 µs","type":"number","jsonPath":".status.results.feedLatency.p99Micros"}"#,
     printcolumn = r#"{"name":"Verdict","type":"string","jsonPath":".status.results.sloVerdict"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // The name prefixes the children's names ("NAME-exchange-feed" is a Service,
+    // which must be a DNS-1035 label of at most 63 characters).
+    validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters: it prefixes the names of the experiment's pods and Services"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must start with a letter and hold only lowercase letters, digits and '-': it names the experiment's Services")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LatencyExperimentSpec {
@@ -41,6 +45,7 @@ pub struct LatencyExperimentSpec {
     /// (in local mode, until Ctrl-C).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("duration must be longer than zero"))]
     pub duration: Option<String>,
     /// Service-level objective the results are judged against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +58,7 @@ pub struct LatencyExperimentSpec {
 pub struct ExchangeSpec {
     /// Instruments to trade, from ticklab's catalogue (currency pairs and crypto).
     #[schemars(length(min = 1, max = 14))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub symbols: Vec<Instrument>,
     /// Average trades per second over all symbols (Poisson arrivals).
     #[schemars(range(min = 1, max = 50_000_000))]
@@ -81,7 +87,8 @@ pub struct ExchangeSpec {
 }
 
 /// Bursts of trades at a multiple of the base rate.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.durationMillis < self.everyMillis").message("microbursts.durationMillis must be shorter than everyMillis").field_path(".durationMillis"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MicroburstSpec {
     /// Milliseconds from the start of one burst to the start of the next.
@@ -180,7 +187,8 @@ pub enum OrderTransport {
 }
 
 /// Persistence of received trades.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.enabled || !has(self.externalUriSecret)").message("persistence.externalUriSecret is set but persistence is disabled").field_path(".externalUriSecret"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PersistenceSpec {
     /// Store every received trade in MongoDB (batched, idempotent, off the feed path).
@@ -229,7 +237,8 @@ pub enum Placement {
 }
 
 /// What a successful run must achieve.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.p99Micros) || has(self.maxLossPercent)").message("slo needs p99Micros or maxLossPercent (or both)"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SloSpec {
     /// Upper bound on the 99th percentile of one-way feed latency, in microseconds.

@@ -4,14 +4,14 @@
 //! feed and order messages and measures latency from the wire.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::results::LatencySummary;
 
 /// Traffic mirroring from an experiment's pods to the capture service.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "ticklab.dev",
     version = "v1alpha1",
@@ -30,6 +30,7 @@ use crate::results::LatencySummary;
 pub struct MirrorSessionSpec {
     /// Name of the LatencyExperiment (same namespace) whose pods are mirrored.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("experiment is immutable: create a new MirrorSession to mirror another experiment"))]
     pub experiment: String,
     /// Which of the experiment's pods to mirror.
     #[serde(default)]
@@ -49,6 +50,7 @@ pub struct MirrorSessionSpec {
     pub vni: u32,
     /// Emulate mirroring in the cluster, or receive real AWS VPC Traffic Mirroring.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("mode is immutable: sidecar and vpc sessions are set up differently"))]
     pub mode: MirrorMode,
 }
 

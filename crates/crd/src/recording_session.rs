@@ -3,12 +3,12 @@
 //! without losing what was recorded; the status indexes the files by sequence range.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A recording of one experiment's feed.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "ticklab.dev",
     version = "v1alpha1",
@@ -27,12 +27,14 @@ use serde::{Deserialize, Serialize};
 pub struct RecordingSessionSpec {
     /// Name of the LatencyExperiment (same namespace) whose feed is recorded.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("experiment is immutable: create a new RecordingSession to record another experiment"))]
     pub experiment: String,
     /// The toggle: true records, false pauses. Files already written are kept.
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// File format.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("format is immutable: one session's files share one format"))]
     pub format: RecordingFormat,
     /// When to start a new file.
     #[serde(default)]
@@ -40,6 +42,7 @@ pub struct RecordingSessionSpec {
     /// Size of the volume that holds the files, as a Kubernetes quantity ("1Gi").
     #[serde(default = "default_storage")]
     #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti)?$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage is immutable: the volume is provisioned at creation"))]
     pub storage: String,
 }
 
