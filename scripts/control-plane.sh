@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Starts or stops a real Kubernetes control plane on loopback for the operator tests:
+# etcd, kube-apiserver (RBAC on, CEL validation, server-side apply), kube-controller-
+# manager (garbage collector, Deployments -> ReplicaSets -> Pods, StatefulSets),
+# kube-scheduler, and kwok, which plays the kubelet for two fake nodes so scheduled
+# pods become Running and Ready. No container runs: pods exist only as API objects.
+#   scripts/control-plane.sh start STATE_DIR   prints the admin kubeconfig path
+#   scripts/control-plane.sh stop STATE_DIR
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=scripts/tools/lib.sh
+. "$here/tools/lib.sh"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Starts "$@" in the background with its output in $state/logs/NAME.log.
+spawn() {
+  local name="$1"
+  shift
+  "$@" >"$state/logs/$name.log" 2>&1 &
+  echo $! >"$state/pids/$name"
+}
+
+alive_or_die() {
+  local name="$1" pid
+  pid="$(cat "$state/pids/$name")"
+  if ! kill -0 "$pid" 2>/dev/null; then
+    log "$name exited; the end of its log:"
+    tail -n 30 "$state/logs/$name.log" >&2
+    exit 1
+  fi
+}
+
+# Certificates: a CA, the apiserver's serving certificate for 127.0.0.1 (rustls
+# checks names strictly), and the service-account signing key.
+make_certs() {
+  local pki="$state/pki"
+  mkdir -p "$pki"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=ticklab-test-ca" \
+    -keyout "$pki/ca.key" -out "$pki/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+    -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+    "extendedKeyUsage=serverAuth" \
+    "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc" \
+    >"$pki/apiserver.ext"
+  openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 30 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+}
+
+write_kubeconfig() {
+  local token="$1" port="$2"
+  cat >"$state/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: ticklab-test
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority-data: $(base64 -w0 "$state/pki/ca.crt")
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: ticklab-test
+  context: {cluster: ticklab-test, user: admin, namespace: default}
+current-context: ticklab-test
+EOF
+}
+
+fake_node() {
+  cat <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: $1
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubernetes.io/hostname: $1
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+status:
+  allocatable: {cpu: "32", memory: 256Gi, pods: "500"}
+  capacity: {cpu: "32", memory: 256Gi, pods: "500"}
+EOF
+}
+
+start() {
+  state="$1"
+  mkdir -p "$state/logs" "$state/pids"
+  state="$(cd "$state" && pwd)"
+  local bin
+  bin="$("$here/tools/kube.sh" | tail -n 1)"
+  local etcd_port peer_port api_port token
+  etcd_port="$(free_port)"
+  peer_port="$(free_port)"
+  api_port="$(free_port)"
+  token="$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+  make_certs
+  echo "$token,admin,admin,system:masters" >"$state/pki/tokens.csv"
+  write_kubeconfig "$token" "$api_port"
+  local kc="$state/kubeconfig"
+
+  spawn etcd "$bin/etcd" --name ticklab-test --data-dir "$state/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "ticklab-test=http://127.0.0.1:$peer_port" \
+    --unsafe-no-fsync --log-level warn
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$etcd_port/health" >/dev/null 2>&1 && break
+    alive_or_die etcd
+    sleep 0.1
+  done
+
+  spawn kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$state/pki/apiserver.crt" --tls-private-key-file "$state/pki/apiserver.key" \
+    --client-ca-file "$state/pki/ca.crt" \
+    --token-auth-file "$state/pki/tokens.csv" --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$state/pki/sa.pub" --service-account-signing-key-file "$state/pki/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --enable-priority-and-fairness=false --profiling=false
+  local ready=""
+  for _ in $(seq 1 300); do
+    if "$bin/kubectl" --kubeconfig "$kc" get --raw /readyz >/dev/null 2>&1; then ready=1; break; fi
+    alive_or_die kube-apiserver
+    sleep 0.2
+  done
+  [ -n "$ready" ] || { tail -n 30 "$state/logs/kube-apiserver.log" >&2; die "kube-apiserver not ready in 60 s"; }
+
+  spawn kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$kc" \
+    --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
+    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
+    --service-account-private-key-file "$state/pki/sa.key" --root-ca-file "$state/pki/ca.crt" \
+    --use-service-account-credentials=false --concurrent-gc-syncs 5 --profiling=false
+  spawn kube-scheduler "$bin/kube-scheduler" --kubeconfig "$kc" \
+    --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
+    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false --profiling=false
+  spawn kwok "$bin/kwok" --kubeconfig "$kc" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --cidr=10.244.0.1/16 --node-ip=10.0.0.1 --node-lease-duration-seconds=40 \
+    --server-address=""
+
+  for n in kwok-node-0 kwok-node-1; do
+    fake_node "$n" | "$bin/kubectl" --kubeconfig "$kc" apply -f - >/dev/null
+  done
+  # Ready when both nodes are Ready (kwok heartbeats) and the default ServiceAccount
+  # exists (the controller-manager is working): pods can then be created and run.
+  ready=""
+  for _ in $(seq 1 300); do
+    local nodes_ready
+    nodes_ready="$("$bin/kubectl" --kubeconfig "$kc" get nodes \
+      -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c True || true)"
+    if [ "$nodes_ready" = 2 ] && "$bin/kubectl" --kubeconfig "$kc" -n default get serviceaccount default >/dev/null 2>&1; then
+      ready=1
+      break
+    fi
+    for c in kube-controller-manager kube-scheduler kwok; do alive_or_die "$c"; done
+    sleep 0.2
+  done
+  [ -n "$ready" ] || die "control plane not ready in 60 s (nodes Ready: ${nodes_ready:-0}/2); logs in $state/logs"
+  echo "$bin" >"$state/bin-dir"
+  echo "$kc"
+}
+
+stop() {
+  state="$1"
+  [ -d "$state/pids" ] || return 0
+  local name pid
+  # Reverse order of start: clients first, etcd last.
+  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    [ -f "$state/pids/$name" ] || continue
+    pid="$(cat "$state/pids/$name")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$state/pids/$name"
+  done
+}
+
+case "${1:-}" in
+  start) start "${2:?usage: start STATE_DIR}" ;;
+  stop) stop "${2:?usage: stop STATE_DIR}" ;;
+  *) die "usage: $0 start STATE_DIR | stop STATE_DIR" ;;
+esac
