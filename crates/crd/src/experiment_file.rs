@@ -133,6 +133,14 @@ fn check_schema(spec: &serde_json::Value) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// The checks the API server's CEL rules make, for an experiment that reached the
+/// operator without them (stored before the CRD carried a rule): (field, problem).
+pub fn validate_experiment(experiment: &LatencyExperiment) -> Result<(), (String, String)> {
+    check_name(experiment.metadata.name.as_deref().unwrap_or_default())
+        .map_err(|problem| ("metadata.name".to_string(), problem))?;
+    check_rules(&experiment.spec)
+}
+
 /// The CRD's CEL rules on the name (the API server enforces them in a cluster).
 fn check_name(name: &str) -> Result<(), String> {
     if name.len() > 40 {

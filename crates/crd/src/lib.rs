@@ -12,7 +12,9 @@ pub mod mirror_session;
 pub mod recording_session;
 pub mod results;
 
-pub use experiment_file::{ExperimentFileError, load_experiment, parse_experiment};
+pub use experiment_file::{
+    ExperimentFileError, load_experiment, parse_experiment, validate_experiment,
+};
 pub use instruments::{Instrument, InstrumentProfile};
 pub use latency_experiment::*;
 pub use mirror_session::{MirrorSession, MirrorSessionSpec, MirrorSessionStatus};

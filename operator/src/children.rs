@@ -1,0 +1,715 @@
+//! The desired children of a LatencyExperiment, built from its spec without a client:
+//! a ConfigMap with the rendered service configurations, exchange and trader
+//! Deployments and Services, and (unless the spec names an external MongoDB) a MongoDB
+//! StatefulSet, headless Service and credentials Secret. Pure, so tests drive it from
+//! YAML fixtures; the reconciler applies what it returns with server-side apply.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, PodAffinity, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use sha2::{Digest, Sha256};
+use ticklab_crd::{LatencyExperiment, Placement, Transport};
+use ticklab_exchange::ExchangeConfig;
+use ticklab_trader::TraderConfig;
+
+/// Ports the services listen on inside their pods (and their Services expose).
+pub mod ports {
+    /// Exchange: TCP or WebSocket feed.
+    pub const FEED: u16 = 9000;
+    /// Exchange: UDP retransmission server.
+    pub const RETRANSMIT: u16 = 9001;
+    /// Exchange: binary order port.
+    pub const ORDER_TCP: u16 = 9002;
+    /// Exchange: HTTP order API.
+    pub const ORDER_HTTP: u16 = 9003;
+    /// Exchange: `/metrics`, `/healthz`, `/readyz`.
+    pub const EXCHANGE_ADMIN: u16 = 9090;
+    /// Trader: UDP feed.
+    pub const TRADER_FEED: u16 = 9100;
+    /// Trader: REST (`/stats`, `/trades`) and admin endpoints.
+    pub const TRADER_API: u16 = 9190;
+    /// MongoDB.
+    pub const MONGODB: u16 = 27017;
+}
+
+/// Label every child carries; the operator watches only objects with it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "ticklab-operator";
+/// Label naming the experiment a child belongs to.
+pub const EXPERIMENT_LABEL: &str = "ticklab.dev/experiment";
+/// Pod-template annotation holding a hash of the rendered configuration, so a spec
+/// change rolls the pods even though the ConfigMap keeps its name.
+pub const CONFIG_HASH_ANNOTATION: &str = "ticklab.dev/config-hash";
+
+/// What the operator's own settings contribute to the children.
+#[derive(Clone, Debug)]
+pub struct ChildSettings {
+    /// The ticklab image (holds the `ticklab` binary with `exchange` and `trader`).
+    pub image: String,
+    /// Image pull policy for the ticklab image ("IfNotPresent" for kind-loaded images).
+    pub image_pull_policy: String,
+    /// MongoDB image for operator-managed databases.
+    pub mongodb_image: String,
+}
+
+impl Default for ChildSettings {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/ticklab/ticklab:0.1.0".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            mongodb_image: "mongo:7.0".into(),
+        }
+    }
+}
+
+/// Whether the workloads should run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Exchange and trader at one replica each.
+    Running,
+    /// The experiment's duration elapsed: exchange and trader scaled to zero (their
+    /// results stay in the status; MongoDB keeps the stored trades).
+    Stopped,
+}
+
+/// Everything an experiment owns, in the order it is applied.
+#[derive(Clone, Debug)]
+pub struct Children {
+    pub config: ConfigMap,
+    pub mongodb: Option<MongoChildren>,
+    pub exchange_service: Service,
+    pub trader_service: Service,
+    pub exchange: Deployment,
+    pub trader: Deployment,
+}
+
+/// The operator-managed MongoDB.
+#[derive(Clone, Debug)]
+pub struct MongoChildren {
+    pub secret: Secret,
+    pub service: Service,
+    pub statefulset: StatefulSet,
+}
+
+/// Why children cannot be built from an experiment.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("experiment has no {0} (not stored by the API server?)")]
+    MissingMetadata(&'static str),
+    #[error("cannot render the service configuration: {0}")]
+    Render(#[from] serde_yaml::Error),
+}
+
+/// Child names, derived from the experiment's name (at most 40 characters by a CEL
+/// rule, so every name stays a valid DNS label).
+pub struct Names {
+    pub config: String,
+    pub exchange: String,
+    pub trader: String,
+    pub mongodb: String,
+}
+
+impl Names {
+    pub fn of(experiment: &str) -> Self {
+        Self {
+            config: format!("{experiment}-config"),
+            exchange: format!("{experiment}-exchange"),
+            trader: format!("{experiment}-trader"),
+            mongodb: format!("{experiment}-mongodb"),
+        }
+    }
+}
+
+/// Builds the desired children. `mongodb_password` is the generated password of the
+/// managed MongoDB: the reconciler reads it back from the existing Secret, so it is
+/// generated once per experiment and never rotated by a reconcile.
+pub fn build(
+    experiment: &LatencyExperiment,
+    settings: &ChildSettings,
+    workload: Workload,
+    mongodb_password: &str,
+) -> Result<Children, BuildError> {
+    let name = experiment
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(BuildError::MissingMetadata("name"))?;
+    let namespace = experiment
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(BuildError::MissingMetadata("namespace"))?;
+    let owner = experiment
+        .controller_owner_ref(&())
+        .ok_or(BuildError::MissingMetadata("uid"))?;
+    let names = Names::of(name);
+    let spec = &experiment.spec;
+    let persistence = &spec.trader.persistence;
+    let managed_mongodb = persistence.enabled && persistence.external_uri_secret.is_none();
+
+    let exchange_yaml = serde_yaml::to_string(&exchange_config(experiment, name, namespace))?;
+    let trader_yaml = serde_yaml::to_string(&trader_config(experiment, name, namespace))?;
+    let config_hash = {
+        let mut hash = Sha256::new();
+        hash.update(exchange_yaml.as_bytes());
+        hash.update([0]);
+        hash.update(trader_yaml.as_bytes());
+        let digest = hash.finalize();
+        digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let meta = |child: &str, component: &str| ObjectMeta {
+        name: Some(child.to_string()),
+        namespace: Some(namespace.to_string()),
+        labels: Some(labels(name, component)),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    };
+
+    let config = ConfigMap {
+        metadata: meta(&names.config, "config"),
+        data: Some(BTreeMap::from([
+            ("exchange.yaml".to_string(), exchange_yaml),
+            ("trader.yaml".to_string(), trader_yaml),
+        ])),
+        ..Default::default()
+    };
+
+    let replicas = match workload {
+        Workload::Running => 1,
+        Workload::Stopped => 0,
+    };
+
+    let exchange_ports = vec![
+        port("feed", ports::FEED, "TCP"),
+        port("retransmit", ports::RETRANSMIT, "UDP"),
+        port("orders", ports::ORDER_TCP, "TCP"),
+        port("orders-http", ports::ORDER_HTTP, "TCP"),
+        port("admin", ports::EXCHANGE_ADMIN, "TCP"),
+    ];
+    let trader_ports = vec![
+        port("feed", ports::TRADER_FEED, "UDP"),
+        port("api", ports::TRADER_API, "TCP"),
+    ];
+
+    let exchange = service_deployment(ServiceDeployment {
+        meta: meta(&names.exchange, "exchange"),
+        experiment: name,
+        component: "exchange",
+        settings,
+        replicas,
+        config_map: &names.config,
+        config_hash: &config_hash,
+        ports: &exchange_ports,
+        admin_port: ports::EXCHANGE_ADMIN,
+        env: vec![],
+        affinity: None,
+    });
+
+    let mut trader_env = vec![];
+    if persistence.enabled {
+        let (secret, key) = match &persistence.external_uri_secret {
+            Some(external) => (external.name.clone(), external.key.clone()),
+            None => (names.mongodb.clone(), "uri".to_string()),
+        };
+        trader_env.push(EnvVar {
+            name: "MONGODB_URI".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret,
+                    key,
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let trader = service_deployment(ServiceDeployment {
+        meta: meta(&names.trader, "trader"),
+        experiment: name,
+        component: "trader",
+        settings,
+        replicas,
+        config_map: &names.config,
+        config_hash: &config_hash,
+        ports: &trader_ports,
+        admin_port: ports::TRADER_API,
+        env: trader_env,
+        affinity: Some(placement_affinity(name, spec.placement)),
+    });
+
+    let exchange_service = service(
+        meta(&names.exchange, "exchange"),
+        name,
+        "exchange",
+        &exchange_ports,
+        false,
+    );
+    let trader_service = service(
+        meta(&names.trader, "trader"),
+        name,
+        "trader",
+        &trader_ports,
+        false,
+    );
+
+    let mongodb = managed_mongodb.then(|| MongoChildren {
+        secret: mongodb_secret(
+            meta(&names.mongodb, "mongodb"),
+            &names.mongodb,
+            namespace,
+            mongodb_password,
+        ),
+        service: service(
+            meta(&names.mongodb, "mongodb"),
+            name,
+            "mongodb",
+            &[port("mongodb", ports::MONGODB, "TCP")],
+            true,
+        ),
+        statefulset: mongodb_statefulset(
+            meta(&names.mongodb, "mongodb"),
+            name,
+            &names.mongodb,
+            settings,
+        ),
+    });
+
+    Ok(Children {
+        config,
+        mongodb,
+        exchange_service,
+        trader_service,
+        exchange,
+        trader,
+    })
+}
+
+/// Labels of every child of experiment `name`; `component` tells them apart.
+pub fn labels(name: &str, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name, component);
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    labels.insert("app.kubernetes.io/part-of".into(), "ticklab".into());
+    labels
+}
+
+fn selector_labels(name: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "ticklab".to_string()),
+        ("app.kubernetes.io/instance".to_string(), name.to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            component.to_string(),
+        ),
+        (EXPERIMENT_LABEL.to_string(), name.to_string()),
+    ])
+}
+
+fn service_host(service: &str, namespace: &str) -> String {
+    format!("{service}.{namespace}.svc")
+}
+
+fn any_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+/// The exchange's configuration as its pod reads it. No duration: in a cluster the
+/// operator ends the experiment by scaling the pods down, so the exchange never
+/// exits on its own (a Deployment would only restart it).
+pub fn exchange_config(
+    experiment: &LatencyExperiment,
+    name: &str,
+    namespace: &str,
+) -> ExchangeConfig {
+    let names = Names::of(name);
+    let spec = &experiment.spec;
+    ExchangeConfig {
+        experiment: name.to_string(),
+        spec: spec.exchange.clone(),
+        duration: None,
+        feed_udp_target: (spec.exchange.transport == Transport::Udp).then(|| {
+            format!(
+                "{}:{}",
+                service_host(&names.trader, namespace),
+                ports::TRADER_FEED
+            )
+        }),
+        feed_listen: any_addr(ports::FEED),
+        retransmit_listen: any_addr(ports::RETRANSMIT),
+        order_tcp_listen: any_addr(ports::ORDER_TCP),
+        order_http_listen: any_addr(ports::ORDER_HTTP),
+        admin_listen: any_addr(ports::EXCHANGE_ADMIN),
+    }
+}
+
+/// The trader's configuration as its pod reads it; the MongoDB URI comes from a
+/// Secret through the environment, never from the ConfigMap.
+pub fn trader_config(experiment: &LatencyExperiment, name: &str, namespace: &str) -> TraderConfig {
+    let names = Names::of(name);
+    let spec = &experiment.spec;
+    let exchange = service_host(&names.exchange, namespace);
+    TraderConfig {
+        experiment: name.to_string(),
+        symbols: spec.exchange.symbols.clone(),
+        spec: spec.trader.clone(),
+        transport: spec.exchange.transport,
+        feed_udp_listen: any_addr(ports::TRADER_FEED),
+        feed_connect: match spec.exchange.transport {
+            Transport::Udp => String::new(),
+            Transport::Tcp => format!("{exchange}:{}", ports::FEED),
+            Transport::Websocket => format!("ws://{exchange}:{}/feed", ports::FEED),
+        },
+        retransmit_server: format!("{exchange}:{}", ports::RETRANSMIT),
+        order_tcp: format!("{exchange}:{}", ports::ORDER_TCP),
+        order_http: format!("http://{exchange}:{}", ports::ORDER_HTTP),
+        api_listen: any_addr(ports::TRADER_API),
+        mongodb_uri: None,
+        slo: spec.slo.clone(),
+        // Across a pod network a retransmission round trip takes longer than on
+        // loopback; asking again too early only duplicates requests.
+        recovery_timeout_ms: 200,
+    }
+}
+
+fn port(name: &str, number: u16, protocol: &str) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: i32::from(number),
+        protocol: Some(protocol.to_string()),
+        ..Default::default()
+    }
+}
+
+fn service(
+    meta: ObjectMeta,
+    experiment: &str,
+    component: &str,
+    ports: &[ContainerPort],
+    headless: bool,
+) -> Service {
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(experiment, component)),
+            cluster_ip: headless.then(|| "None".to_string()),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: p.name.clone(),
+                        port: p.container_port,
+                        target_port: Some(IntOrString::Int(p.container_port)),
+                        protocol: p.protocol.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct ServiceDeployment<'a> {
+    meta: ObjectMeta,
+    experiment: &'a str,
+    component: &'a str,
+    settings: &'a ChildSettings,
+    replicas: i32,
+    config_map: &'a str,
+    config_hash: &'a str,
+    ports: &'a [ContainerPort],
+    admin_port: u16,
+    env: Vec<EnvVar>,
+    affinity: Option<Affinity>,
+}
+
+/// A Deployment running `ticklab <component> --config /etc/ticklab/<component>.yaml`.
+fn service_deployment(d: ServiceDeployment<'_>) -> Deployment {
+    let selector = selector_labels(d.experiment, d.component);
+    let mut pod_labels = labels(d.experiment, d.component);
+    pod_labels.extend(selector.clone());
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(i32::from(d.admin_port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(5),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: d.meta,
+        spec: Some(DeploymentSpec {
+            replicas: Some(d.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            // One feed session at a time: a new pod starts only after the old one
+            // stopped, so two exchanges never publish to one trader.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..Default::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        d.config_hash.to_string(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    affinity: d.affinity,
+                    security_context: Some(restricted_pod_security(65532)),
+                    containers: vec![Container {
+                        name: d.component.to_string(),
+                        image: Some(d.settings.image.clone()),
+                        image_pull_policy: Some(d.settings.image_pull_policy.clone()),
+                        args: Some(vec![
+                            d.component.to_string(),
+                            "--config".into(),
+                            format!("/etc/ticklab/{}.yaml", d.component),
+                        ]),
+                        ports: Some(d.ports.to_vec()),
+                        env: (!d.env.is_empty()).then_some(d.env),
+                        readiness_probe: Some(probe("/readyz")),
+                        liveness_probe: Some(probe("/healthz")),
+                        resources: Some(resources("250m", "128Mi", "1Gi")),
+                        security_context: Some(restricted_container_security()),
+                        volume_mounts: Some(vec![VolumeMount {
+                            name: "config".into(),
+                            mount_path: "/etc/ticklab".into(),
+                            read_only: Some(true),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }],
+                    volumes: Some(vec![Volume {
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: d.config_map.to_string(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Same node: the trader must land on the exchange's node. Different nodes: it must
+/// not. Required, not preferred: a result labelled cross-node must be cross-node.
+fn placement_affinity(experiment: &str, placement: Placement) -> Affinity {
+    let term = PodAffinityTerm {
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(experiment, "exchange")),
+            ..Default::default()
+        }),
+        topology_key: "kubernetes.io/hostname".into(),
+        ..Default::default()
+    };
+    match placement {
+        Placement::SameNode => Affinity {
+            pod_affinity: Some(PodAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![term]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Placement::DifferentNodes => Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![term]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
+}
+
+fn restricted_pod_security(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.to_string())),
+            ("memory".to_string(), Quantity(memory.to_string())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(memory_limit.to_string()),
+        )])),
+        ..Default::default()
+    }
+}
+
+const MONGODB_USER: &str = "ticklab";
+
+fn mongodb_secret(meta: ObjectMeta, service: &str, namespace: &str, password: &str) -> Secret {
+    let uri = format!(
+        "mongodb://{MONGODB_USER}:{password}@{}:{}/ticklab?authSource=admin",
+        service_host(service, namespace),
+        ports::MONGODB
+    );
+    Secret {
+        metadata: meta,
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([
+            ("username".to_string(), MONGODB_USER.to_string()),
+            ("password".to_string(), password.to_string()),
+            ("uri".to_string(), uri),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// One MongoDB with its data in an emptyDir: an experiment's trades live as long as
+/// the experiment (point `externalUriSecret` at a durable database to keep them).
+fn mongodb_statefulset(
+    meta: ObjectMeta,
+    experiment: &str,
+    name: &str,
+    settings: &ChildSettings,
+) -> StatefulSet {
+    let selector = selector_labels(experiment, "mongodb");
+    let mut pod_labels = labels(experiment, "mongodb");
+    pod_labels.extend(selector.clone());
+    let from_secret = |var: &str, key: &str| EnvVar {
+        name: var.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: name.to_string(),
+                key: key.to_string(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tcp_probe = Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(i32::from(ports::MONGODB)),
+            ..Default::default()
+        }),
+        period_seconds: Some(5),
+        ..Default::default()
+    };
+    let empty_dir = |name: &str| Volume {
+        name: name.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    };
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        ..Default::default()
+    };
+    StatefulSet {
+        metadata: meta,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(name.to_string()),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".into()),
+                    when_scaled: Some("Delete".into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    // The official image's mongodb user.
+                    security_context: Some(restricted_pod_security(999)),
+                    containers: vec![Container {
+                        name: "mongodb".into(),
+                        image: Some(settings.mongodb_image.clone()),
+                        image_pull_policy: Some("IfNotPresent".into()),
+                        ports: Some(vec![port("mongodb", ports::MONGODB, "TCP")]),
+                        env: Some(vec![
+                            from_secret("MONGO_INITDB_ROOT_USERNAME", "username"),
+                            from_secret("MONGO_INITDB_ROOT_PASSWORD", "password"),
+                        ]),
+                        readiness_probe: Some(tcp_probe.clone()),
+                        liveness_probe: Some(tcp_probe),
+                        resources: Some(resources("250m", "256Mi", "1Gi")),
+                        security_context: Some(restricted_container_security()),
+                        volume_mounts: Some(vec![
+                            mount("data", "/data/db"),
+                            mount("configdb", "/data/configdb"),
+                            mount("tmp", "/tmp"),
+                        ]),
+                        ..Default::default()
+                    }],
+                    volumes: Some(vec![
+                        empty_dir("data"),
+                        empty_dir("configdb"),
+                        empty_dir("tmp"),
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,494 @@
+//! The LatencyExperiment controller: observe the children, decide the phase
+//! (`lifecycle`), build the desired children (`children`), apply them with
+//! server-side apply, read results from the trader, and write the status.
+//! Triggered by spec changes (generation), by changes to owned children, and by
+//! timers while a run is in progress.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use ticklab_crd::{
+    Endpoints, ExperimentResults, LatencyExperiment, LatencyExperimentStatus, Phase,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::children::{self, BuildError, ChildSettings, MANAGED_BY, MANAGED_BY_LABEL, Names};
+use crate::lifecycle::{self, Observed};
+use crate::metrics::OperatorMetrics;
+use crate::results::ResultsReader;
+
+/// The field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "ticklab-operator";
+const CONTROLLER: &str = "latencyexperiment";
+
+/// Shared by every reconcile and the admin server.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: OperatorMetrics,
+    pub settings: ChildSettings,
+    pub results: ResultsReader,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: OperatorMetrics,
+        settings: ChildSettings,
+        results: ResultsReader,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            results,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec breaks a rule the CRD's schema states; only a spec change helps.
+    #[error("invalid experiment: {field}: {problem}")]
+    InvalidSpec { field: String, problem: String },
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    /// Low-cardinality label for the failure metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec { .. } => "invalid_spec",
+            Error::Build(_) => "build",
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "transport",
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` is cancelled. `namespace`: watch one
+/// namespace, or all when None.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let experiments: Api<LatencyExperiment> = api(&client, &namespace);
+    // Reconcile on spec changes only: the operator's own status writes (results
+    // every few seconds) must not trigger another reconcile.
+    let (reader, writer) = reflector::store();
+    let trigger = watcher(experiments, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    // Only the operator's children: watching every Deployment in the cluster
+    // would cost memory and wake-ups for nothing.
+    let children = watcher::Config::default()
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+        .any_semantic();
+    Controller::for_stream(trigger, reader)
+        .owns(api::<Deployment>(&client, &namespace), children.clone())
+        .owns(api::<StatefulSet>(&client, &namespace), children.clone())
+        .owns(api::<Service>(&client, &namespace), children.clone())
+        .owns(api::<ConfigMap>(&client, &namespace), children.clone())
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Invalid objects wait for a change; transient errors retry with a delay.
+pub fn error_policy(
+    experiment: Arc<LatencyExperiment>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics
+        .failures
+        .with_label_values(&[CONTROLLER, error.kind()])
+        .inc();
+    warn!(experiment = %experiment.name_any(), namespace = ?experiment.namespace(), %error, "reconcile error");
+    match error {
+        Error::InvalidSpec { .. } => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(experiment = %experiment.name_any(), namespace = ?experiment.namespace()))]
+pub async fn reconcile(
+    experiment: Arc<LatencyExperiment>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&[CONTROLLER])
+        .inc();
+    let result = reconcile_inner(&experiment, &ctx).await;
+    ctx.metrics
+        .duration
+        .with_label_values(&[CONTROLLER])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Result<Action, Error> {
+    if experiment.metadata.deletion_timestamp.is_some() {
+        // Children go with it through their owner references.
+        return Ok(Action::await_change());
+    }
+    let name = experiment.name_any();
+    let namespace = experiment.namespace().unwrap_or_default();
+    let previous = experiment.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+
+    if let Err((field, problem)) = ticklab_crd::validate_experiment(experiment) {
+        let status = LatencyExperimentStatus {
+            phase: Some(Phase::Failed),
+            observed_generation: experiment.metadata.generation,
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: "InvalidSpec".into(),
+                message: format!("{field}: {problem}"),
+                last_transition_time: Time(now),
+                observed_generation: experiment.metadata.generation,
+            }],
+            ..Default::default()
+        };
+        patch_status(ctx, experiment, &status).await?;
+        publish(
+            ctx,
+            experiment,
+            EventType::Warning,
+            "InvalidSpec",
+            format!("{field}: {problem}"),
+        )
+        .await;
+        return Err(Error::InvalidSpec { field, problem });
+    }
+
+    let names = Names::of(&name);
+    let persistence = &experiment.spec.trader.persistence;
+    let managed_mongodb = persistence.enabled && persistence.external_uri_secret.is_none();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut observed = Observed::default();
+
+    let mongodb_password = if managed_mongodb {
+        match secrets.get_opt(&names.mongodb).await? {
+            Some(secret) => secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get("password"))
+                .and_then(|p| String::from_utf8(p.0.clone()).ok())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(generate_password),
+            None => generate_password(),
+        }
+    } else {
+        String::new()
+    };
+    if let Some(external) = persistence
+        .external_uri_secret
+        .as_ref()
+        .filter(|_| persistence.enabled)
+    {
+        match secrets.get_opt(&external.name).await? {
+            None => {
+                observed.failure = Some((
+                    "SecretNotFound".into(),
+                    format!(
+                        "spec.trader.persistence.externalUriSecret: Secret {:?} does not exist in namespace {namespace}",
+                        external.name
+                    ),
+                ));
+            }
+            Some(secret) if !has_key(&secret, &external.key) => {
+                observed.failure = Some((
+                    "SecretKeyNotFound".into(),
+                    format!(
+                        "spec.trader.persistence.externalUriSecret: Secret {:?} has no key {:?}",
+                        external.name, external.key
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let (exchange, trader) = tokio::try_join!(
+        deployments.get_opt(&names.exchange),
+        deployments.get_opt(&names.trader)
+    )?;
+    observed.exchange_available = deployment_available(exchange.as_ref());
+    observed.trader_available = deployment_available(trader.as_ref());
+    if observed.failure.is_none() {
+        observed.failure = [("exchange", &exchange), ("trader", &trader)]
+            .into_iter()
+            .find_map(|(what, d)| deployment_stuck(what, d.as_ref()));
+    }
+    if managed_mongodb {
+        let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+        let ready = statefulsets
+            .get_opt(&names.mongodb)
+            .await?
+            .and_then(|s| s.status)
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        observed.mongodb_ready = Some(ready >= 1);
+    }
+
+    let decision = lifecycle::decide(experiment, &observed, now);
+
+    // Results: from the trader while it runs, and once more as the run ends,
+    // before it is scaled down; otherwise keep what the status already holds.
+    let same_run = previous.observed_generation == experiment.metadata.generation;
+    let mut results: Option<ExperimentResults> = if same_run {
+        previous.results.clone()
+    } else {
+        None
+    };
+    if decision.phase == Phase::Running || decision.completes_now {
+        match ctx.results.read(&name, &namespace).await {
+            Ok(read) => results = Some(read),
+            Err(error) => info!(%error, "results not available yet"),
+        }
+    }
+
+    let desired = children::build(
+        experiment,
+        &ctx.settings,
+        decision.workload,
+        &mongodb_password,
+    )?;
+    apply_children(ctx, &namespace, &desired).await?;
+
+    let verdict = results.as_ref().and_then(|r| r.slo_verdict);
+    let status = LatencyExperimentStatus {
+        phase: Some(decision.phase),
+        observed_generation: experiment.metadata.generation,
+        conditions: lifecycle::conditions(
+            &previous,
+            &decision,
+            &observed,
+            experiment.metadata.generation,
+            verdict,
+            now,
+        ),
+        started_at: decision.started_at.map(Time),
+        endpoints: Some(Endpoints {
+            trader: Some(format!(
+                "http://{}.{namespace}.svc:{}",
+                names.trader,
+                children::ports::TRADER_API
+            )),
+            exchange: Some(format!(
+                "http://{}.{namespace}.svc:{}",
+                names.exchange,
+                children::ports::ORDER_HTTP
+            )),
+        }),
+        results,
+    };
+    if status != previous {
+        patch_status(ctx, experiment, &status).await?;
+    }
+
+    let previous_phase = if same_run { previous.phase } else { None };
+    if previous_phase != Some(decision.phase) {
+        ctx.metrics
+            .phase_transitions
+            .with_label_values(&[&format!("{:?}", decision.phase)])
+            .inc();
+        let (kind, note) = match decision.phase {
+            Phase::Pending => (EventType::Normal, "children created; waiting for the workloads to become available".to_string()),
+            Phase::Running => (EventType::Normal, "exchange and trader are available; the run has started".to_string()),
+            Phase::Completed => (EventType::Normal, "the run ended after spec.duration; workloads scaled to zero, results kept in status".to_string()),
+            Phase::Failed => (
+                EventType::Warning,
+                observed.failure.as_ref().map_or_else(|| "failed".to_string(), |(_, m)| m.clone()),
+            ),
+        };
+        publish(
+            ctx,
+            experiment,
+            kind,
+            &format!("{:?}", decision.phase),
+            note,
+        )
+        .await;
+        info!(phase = ?decision.phase, "phase changed");
+    }
+    Ok(Action::requeue(decision.requeue))
+}
+
+fn generate_password() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+fn has_key(secret: &Secret, key: &str) -> bool {
+    secret.data.as_ref().is_some_and(|d| d.contains_key(key))
+        || secret
+            .string_data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(key))
+}
+
+fn deployment_available(deployment: Option<&Deployment>) -> bool {
+    deployment
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.available_replicas)
+        .is_some_and(|n| n >= 1)
+}
+
+/// A Deployment past its progress deadline will not become available by waiting.
+fn deployment_stuck(what: &str, deployment: Option<&Deployment>) -> Option<(String, String)> {
+    let conditions = deployment?.status.as_ref()?.conditions.as_ref()?;
+    conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing" && c.status == "False")
+        .map(|c| {
+            (
+                c.reason
+                    .clone()
+                    .unwrap_or_else(|| "ProgressDeadlineExceeded".into()),
+                format!("{what}: {}", c.message.clone().unwrap_or_default()),
+            )
+        })
+}
+
+async fn apply<K>(ctx: &Context, namespace: &str, object: &K) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Applies every child at once: they do not depend on each other (a pod waits for
+/// its ConfigMap and Secret by itself), and one round trip beats six.
+async fn apply_children(
+    ctx: &Context,
+    namespace: &str,
+    desired: &children::Children,
+) -> Result<(), kube::Error> {
+    let mongodb = async {
+        if let Some(m) = &desired.mongodb {
+            tokio::try_join!(
+                apply(ctx, namespace, &m.secret),
+                apply(ctx, namespace, &m.service),
+                apply(ctx, namespace, &m.statefulset),
+            )?;
+        }
+        Ok::<_, kube::Error>(())
+    };
+    tokio::try_join!(
+        apply(ctx, namespace, &desired.config),
+        apply(ctx, namespace, &desired.exchange_service),
+        apply(ctx, namespace, &desired.trader_service),
+        apply(ctx, namespace, &desired.exchange),
+        apply(ctx, namespace, &desired.trader),
+        mongodb,
+    )?;
+    Ok(())
+}
+
+async fn patch_status(
+    ctx: &Context,
+    experiment: &LatencyExperiment,
+    status: &LatencyExperimentStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<LatencyExperiment> = Api::namespaced(
+        ctx.client.clone(),
+        &experiment.namespace().unwrap_or_default(),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": LatencyExperiment::api_version(&()),
+        "kind": LatencyExperiment::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &experiment.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn publish(
+    ctx: &Context,
+    experiment: &LatencyExperiment,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // Events are for people; failing to record one must not fail the reconcile.
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &experiment.object_ref(&()))
+        .await
+    {
+        warn!(%error, "cannot record an event");
+    }
+}

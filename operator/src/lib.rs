@@ -1,0 +1,14 @@
+//! The ticklab operator: turns each LatencyExperiment into an exchange, a trader and
+//! (unless the spec names an external one) MongoDB, follows them through Pending,
+//! Running and Completed, and writes what the trader measures into the status.
+//! `children` and `lifecycle` are pure; `controller` talks to the API server.
+
+#![forbid(unsafe_code)]
+
+pub mod children;
+pub mod controller;
+pub mod leader;
+pub mod lifecycle;
+pub mod metrics;
+pub mod results;
+pub mod startup;

@@ -1,0 +1,66 @@
+//! The operator's Prometheus metrics: reconciliations, failures by error kind (never
+//! by object: cardinality stays flat however many experiments exist), reconcile
+//! duration, leadership, and experiments by phase.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct OperatorMetrics {
+    pub reconciliations: IntCounterVec,
+    pub failures: IntCounterVec,
+    pub duration: HistogramVec,
+    pub leader: IntGauge,
+    pub phase_transitions: IntCounterVec,
+}
+
+impl OperatorMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let reconciliations = IntCounterVec::new(
+            Opts::new(
+                "ticklab_operator_reconciliations_total",
+                "Reconcile runs, by controller.",
+            ),
+            &["controller"],
+        )?;
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "ticklab_operator_reconcile_failures_total",
+                "Reconcile runs that ended in an error, by controller and error kind.",
+            ),
+            &["controller", "error"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ticklab_operator_reconcile_duration_seconds",
+                "Time one reconcile run takes, by controller.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["controller"],
+        )?;
+        let leader = IntGauge::new(
+            "ticklab_operator_leader",
+            "1 while this replica holds the leader Lease and reconciles, else 0.",
+        )?;
+        let phase_transitions = IntCounterVec::new(
+            Opts::new(
+                "ticklab_operator_phase_transitions_total",
+                "Experiments entering a phase (Pending, Running, Completed, Failed).",
+            ),
+            &["phase"],
+        )?;
+        registry.register(Box::new(reconciliations.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(phase_transitions.clone()))?;
+        Ok(Self {
+            reconciliations,
+            failures,
+            duration,
+            leader,
+            phase_transitions,
+        })
+    }
+}

@@ -1,0 +1,74 @@
+//! Reads what the trader measured from its `/stats` endpoint while an experiment
+//! runs. The address comes from a template so the operator can be pointed at a
+//! trader it cannot reach through cluster DNS (tests, port-forwards).
+
+use std::time::Duration;
+
+use ticklab_crd::ExperimentResults;
+
+/// Where a trader's `/stats` is, with `{name}` (the experiment) and `{namespace}`.
+pub const DEFAULT_STATS_URL: &str = "http://{name}-trader.{namespace}.svc:9190/stats";
+
+#[derive(Clone)]
+pub struct ResultsReader {
+    http: reqwest::Client,
+    template: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot reach the trader at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the trader at {url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("the trader at {url} sent stats ticklab cannot read: {source}")]
+    Decode {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl ResultsReader {
+    pub fn new(template: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(timeout).build()?,
+            template: template.to_string(),
+        })
+    }
+
+    pub fn url(&self, name: &str, namespace: &str) -> String {
+        self.template
+            .replace("{name}", name)
+            .replace("{namespace}", namespace)
+    }
+
+    /// The trader's current results (its `/stats` body is the results plus a few
+    /// fields about the session, which are ignored here).
+    pub async fn read(&self, name: &str, namespace: &str) -> Result<ExperimentResults, ReadError> {
+        let url = self.url(name, namespace);
+        let response =
+            self.http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|source| ReadError::Unreachable {
+                    url: url.clone(),
+                    source,
+                })?;
+        if !response.status().is_success() {
+            return Err(ReadError::Status {
+                url,
+                status: response.status().as_u16(),
+            });
+        }
+        response
+            .json::<ExperimentResults>()
+            .await
+            .map_err(|source| ReadError::Decode { url, source })
+    }
+}
