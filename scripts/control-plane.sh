@@ -4,7 +4,9 @@
 # manager (garbage collector, Deployments -> ReplicaSets -> Pods, StatefulSets),
 # kube-scheduler, and kwok, which plays the kubelet for two fake nodes so scheduled
 # pods become Running and Ready. No container runs: pods exist only as API objects.
-#   scripts/control-plane.sh start STATE_DIR   prints the admin kubeconfig path
+#   scripts/control-plane.sh start STATE_DIR   prints the admin kubeconfig path; a
+#                                              second, empty API server's is beside it
+#                                              (STATE_DIR/kubeconfig-bare)
 #   scripts/control-plane.sh stop STATE_DIR
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -139,6 +141,20 @@ start() {
   done
   [ -n "$ready" ] || { tail -n 30 "$state/logs/kube-apiserver.log" >&2; die "kube-apiserver not ready in 60 s"; }
 
+  # A second API server on the same etcd under another prefix: an empty cluster
+  # without ticklab's CRDs, for the test that the operator refuses to start there.
+  local bare_port
+  bare_port="$(free_port)"
+  spawn kube-apiserver-bare "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" --etcd-prefix /ticklab-bare \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$bare_port" \
+    --tls-cert-file "$state/pki/apiserver.crt" --tls-private-key-file "$state/pki/apiserver.key" \
+    --token-auth-file "$state/pki/tokens.csv" --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$state/pki/sa.pub" --service-account-signing-key-file "$state/pki/sa.key" \
+    --service-cluster-ip-range 10.97.0.0/16 --enable-priority-and-fairness=false --profiling=false
+  sed "s#https://127.0.0.1:$api_port#https://127.0.0.1:$bare_port#" "$kc" >"$state/kubeconfig-bare"
+
   spawn kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$kc" \
     --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
@@ -170,6 +186,13 @@ start() {
     sleep 0.2
   done
   [ -n "$ready" ] || die "control plane not ready in 60 s (nodes Ready: ${nodes_ready:-0}/2); logs in $state/logs"
+  ready=""
+  for _ in $(seq 1 300); do
+    if "$bin/kubectl" --kubeconfig "$state/kubeconfig-bare" get --raw /readyz >/dev/null 2>&1; then ready=1; break; fi
+    alive_or_die kube-apiserver-bare
+    sleep 0.2
+  done
+  [ -n "$ready" ] || die "the second (empty) kube-apiserver is not ready in 60 s"
   echo "$bin" >"$state/bin-dir"
   echo "$kc"
 }
@@ -179,7 +202,7 @@ stop() {
   [ -d "$state/pids" ] || return 0
   local name pid
   # Reverse order of start: clients first, etcd last.
-  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  for name in kwok kube-scheduler kube-controller-manager kube-apiserver-bare kube-apiserver etcd; do
     [ -f "$state/pids/$name" ] || continue
     pid="$(cat "$state/pids/$name")"
     kill "$pid" 2>/dev/null || true

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every ticklab test on this machine, a fresh one included: installs what the
 # tests need (tools are built once and cached outside the repo, by version), starts a
-# MongoDB-wire server (FerretDB) for the persistence tests, then checks formatting,
-# lints, runs the whole test suite and a short fuzzing pass. Nothing is skipped.
+# MongoDB-wire server (FerretDB) for the persistence tests and a real Kubernetes
+# control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) for the
+# operator tests, then checks formatting, lints, runs the whole test suite and a
+# short fuzzing pass. Nothing is skipped.
 #
 #   scripts/test.sh                 everything
 #   FUZZ_SECONDS=300 scripts/test.sh  fuzz longer
@@ -20,12 +22,22 @@ scripts/tools/apt-packages.sh
 
 step "MongoDB-wire server (FerretDB)"
 state="$(mktemp -d)"
-cleanup() { scripts/mongo-wire-server.sh stop "$state" >/dev/null 2>&1 || true; rm -rf "$state"; }
+cluster="$(mktemp -d)"
+cleanup() {
+  scripts/mongo-wire-server.sh stop "$state" >/dev/null 2>&1 || true
+  scripts/control-plane.sh stop "$cluster" >/dev/null 2>&1 || true
+  rm -rf "$state" "$cluster"
+}
 trap cleanup EXIT
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 TICKLAB_TEST_MONGODB_URI="$(scripts/mongo-wire-server.sh start "$port" "$state" | tail -n 1)"
 export TICKLAB_TEST_MONGODB_URI
 echo "MongoDB-wire server at $TICKLAB_TEST_MONGODB_URI" >&2
+
+step "Kubernetes control plane (built once from pinned Go modules)"
+TICKLAB_TEST_KUBECONFIG="$(scripts/control-plane.sh start "$cluster" | tail -n 1)"
+export TICKLAB_TEST_KUBECONFIG
+echo "control plane at $TICKLAB_TEST_KUBECONFIG" >&2
 
 step "format"
 cargo fmt --all --check

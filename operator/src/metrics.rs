@@ -55,6 +55,10 @@ impl OperatorMetrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(phase_transitions.clone()))?;
+        // Series exist at zero from the start: "no reconciles yet" reads as 0, not
+        // as an absent series.
+        reconciliations.with_label_values(&["latencyexperiment"]);
+        duration.with_label_values(&["latencyexperiment"]);
         Ok(Self {
             reconciliations,
             failures,

@@ -149,7 +149,10 @@ pub struct TraderSpec {
 
 /// A momentum strategy: when a symbol's price moves at least `thresholdBps` from the
 /// price at its last order, send an order in the direction of the move.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+// The API server compares an integer against a fractional `minimum` after
+// truncating the bound (0 passes `minimum: 0.01`); the CEL rule closes that gap.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.thresholdBps >= 0.01").message("strategy.thresholdBps must be at least 0.01").field_path(".thresholdBps"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StrategySpec {
     /// Whether the trader sends orders at all.
@@ -239,6 +242,7 @@ pub enum Placement {
 /// What a successful run must achieve.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new("has(self.p99Micros) || has(self.maxLossPercent)").message("slo needs p99Micros or maxLossPercent (or both)"))]
+#[x_kube(validation = Rule::new("!has(self.p99Micros) || self.p99Micros > 0.0").message("slo.p99Micros must be greater than zero").field_path(".p99Micros"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SloSpec {
     /// Upper bound on the 99th percentile of one-way feed latency, in microseconds.

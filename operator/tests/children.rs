@@ -1,0 +1,302 @@
+//! The child builder from YAML fixtures, without a cluster: names, owner references,
+//! the rendered service configurations, MongoDB managed or external, placement,
+//! scaling down, and the restricted pod security every pod meets.
+#![allow(clippy::unwrap_used)]
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodSpec;
+use ticklab_crd::{LatencyExperiment, Transport};
+use ticklab_exchange::ExchangeConfig;
+use ticklab_operator::children::{self, CONFIG_HASH_ANNOTATION, ChildSettings, Children, Workload};
+use ticklab_trader::TraderConfig;
+
+fn fixture(name: &str) -> LatencyExperiment {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    // The operator receives objects the API server has validated; fixtures go through
+    // the same validation so a broken fixture cannot pass silently.
+    ticklab_crd::load_experiment(std::path::Path::new(&path))
+        .map(|_| ())
+        .unwrap();
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn build(e: &LatencyExperiment, workload: Workload) -> Children {
+    children::build(e, &ChildSettings::default(), workload, "s3cret").unwrap()
+}
+
+fn pod(d: &Deployment) -> &PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn config_hash(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()[CONFIG_HASH_ANNOTATION]
+        .clone()
+}
+
+fn configs(c: &Children) -> (ExchangeConfig, TraderConfig) {
+    let data = c.config.data.as_ref().unwrap();
+    (
+        serde_yaml::from_str(&data["exchange.yaml"]).unwrap(),
+        serde_yaml::from_str(&data["trader.yaml"]).unwrap(),
+    )
+}
+
+#[test]
+fn udp_experiment_with_managed_mongodb() {
+    let e = fixture("udp-managed-mongodb.yaml");
+    let c = build(&e, Workload::Running);
+    let mongodb = c.mongodb.as_ref().expect("managed MongoDB");
+
+    // Every child: named after the experiment, in its namespace, owned by it.
+    let metas = [
+        &c.config.metadata,
+        &c.exchange.metadata,
+        &c.trader.metadata,
+        &c.exchange_service.metadata,
+        &c.trader_service.metadata,
+        &mongodb.secret.metadata,
+        &mongodb.service.metadata,
+        &mongodb.statefulset.metadata,
+    ];
+    for meta in metas {
+        assert!(
+            meta.name.as_ref().unwrap().starts_with("udp-lab-"),
+            "{:?}",
+            meta.name
+        );
+        assert_eq!(meta.namespace.as_deref(), Some("desk-a"));
+        let owners = meta.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "LatencyExperiment");
+        assert_eq!(owners[0].uid, "1d1f0b7e-0000-4000-8000-000000000001");
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(
+            meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+            "ticklab-operator"
+        );
+    }
+
+    let (exchange, trader) = configs(&c);
+    assert_eq!(exchange.spec, e.spec.exchange);
+    assert_eq!(
+        exchange.duration, None,
+        "the operator, not the exchange, ends a run"
+    );
+    assert_eq!(
+        exchange.feed_udp_target.as_deref(),
+        Some("udp-lab-trader.desk-a.svc:9100")
+    );
+    assert_eq!(trader.retransmit_server, "udp-lab-exchange.desk-a.svc:9001");
+    assert_eq!(trader.transport, Transport::Udp);
+    assert_eq!(trader.slo, e.spec.slo);
+    assert_eq!(
+        trader.mongodb_uri, None,
+        "the URI is a secret: never in the ConfigMap"
+    );
+
+    // The trader reads the URI from the generated Secret.
+    let env = pod(&c.trader).containers[0].env.as_ref().unwrap();
+    let from = env[0]
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (env[0].name.as_str(), from.name.as_str(), from.key.as_str()),
+        ("MONGODB_URI", "udp-lab-mongodb", "uri")
+    );
+    let uri = &mongodb.secret.string_data.as_ref().unwrap()["uri"];
+    assert!(
+        uri.contains(":s3cret@udp-lab-mongodb.desk-a.svc:27017/"),
+        "{uri}"
+    );
+
+    // Same node by default: the trader is pulled onto the exchange's node.
+    let affinity = pod(&c.trader).affinity.as_ref().unwrap();
+    assert!(affinity.pod_affinity.is_some() && affinity.pod_anti_affinity.is_none());
+
+    // The Services select the pods their Deployments run.
+    let selector = c
+        .trader_service
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .as_ref()
+        .unwrap();
+    let pod_labels = c
+        .trader
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+    let udp = c
+        .trader_service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|p| p.port == 9100)
+        .unwrap();
+    assert_eq!(udp.protocol.as_deref(), Some("UDP"));
+}
+
+#[test]
+fn tcp_experiment_with_external_mongodb_across_nodes() {
+    let e = fixture("tcp-external-mongodb-cross-node.yaml");
+    let c = build(&e, Workload::Running);
+    assert!(
+        c.mongodb.is_none(),
+        "external MongoDB: the operator runs none"
+    );
+    let (exchange, trader) = configs(&c);
+    assert_eq!(exchange.feed_udp_target, None);
+    assert_eq!(trader.feed_connect, "tcp-lab-exchange.desk-b.svc:9000");
+    assert_eq!(trader.order_http, "http://tcp-lab-exchange.desk-b.svc:9003");
+    let env = pod(&c.trader).containers[0].env.as_ref().unwrap();
+    let from = env[0]
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (from.name.as_str(), from.key.as_str()),
+        ("shared-mongodb", "connection-string")
+    );
+    let affinity = pod(&c.trader).affinity.as_ref().unwrap();
+    let anti = affinity.pod_anti_affinity.as_ref().unwrap();
+    let term = &anti
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(term.topology_key, "kubernetes.io/hostname");
+    assert_eq!(
+        term.label_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["app.kubernetes.io/component"],
+        "exchange"
+    );
+}
+
+#[test]
+fn websocket_experiment_without_persistence() {
+    let e = fixture("websocket-no-persistence.yaml");
+    let c = build(&e, Workload::Running);
+    assert!(c.mongodb.is_none());
+    let (_, trader) = configs(&c);
+    assert_eq!(
+        trader.feed_connect,
+        "ws://ws-lab-exchange.desk-c.svc:9000/feed"
+    );
+    assert!(
+        pod(&c.trader).containers[0].env.is_none(),
+        "no MongoDB, no URI"
+    );
+}
+
+#[test]
+fn spec_changes_change_the_config_hash_and_nothing_else_does() {
+    let e = fixture("udp-managed-mongodb.yaml");
+    let a = build(&e, Workload::Running);
+    let again = build(&e, Workload::Running);
+    assert_eq!(
+        config_hash(&a.exchange),
+        config_hash(&again.exchange),
+        "deterministic"
+    );
+    assert_eq!(config_hash(&a.exchange), config_hash(&a.trader));
+    let mut changed = e.clone();
+    changed.spec.exchange.rate_per_second = 30_000;
+    let b = build(&changed, Workload::Running);
+    assert_ne!(
+        config_hash(&a.exchange),
+        config_hash(&b.exchange),
+        "a new rate rolls the pods"
+    );
+    // The password is not part of the hash: it never changes for an experiment.
+    let other_password =
+        children::build(&e, &ChildSettings::default(), Workload::Running, "other").unwrap();
+    assert_eq!(config_hash(&a.trader), config_hash(&other_password.trader));
+}
+
+#[test]
+fn a_completed_run_scales_exchange_and_trader_to_zero() {
+    let e = fixture("udp-managed-mongodb.yaml");
+    let c = build(&e, Workload::Stopped);
+    assert_eq!(c.exchange.spec.as_ref().unwrap().replicas, Some(0));
+    assert_eq!(c.trader.spec.as_ref().unwrap().replicas, Some(0));
+    let running = build(&e, Workload::Running);
+    assert_eq!(running.trader.spec.as_ref().unwrap().replicas, Some(1));
+    // MongoDB keeps the stored trades.
+    assert_eq!(
+        c.mongodb.unwrap().statefulset.spec.unwrap().replicas,
+        Some(1)
+    );
+}
+
+#[test]
+fn every_pod_meets_the_restricted_pod_security_standard() {
+    let e = fixture("udp-managed-mongodb.yaml");
+    let c = build(&e, Workload::Running);
+    let mongodb = c.mongodb.unwrap();
+    let pods = [
+        pod(&c.exchange).clone(),
+        pod(&c.trader).clone(),
+        mongodb.statefulset.spec.unwrap().template.spec.unwrap(),
+    ];
+    for p in pods {
+        let psc = p.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        for container in &p.containers {
+            let sc = container.security_context.as_ref().unwrap();
+            assert_eq!(
+                sc.allow_privilege_escalation,
+                Some(false),
+                "{}",
+                container.name
+            );
+            assert_eq!(
+                sc.read_only_root_filesystem,
+                Some(true),
+                "{}",
+                container.name
+            );
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_string()][..])
+            );
+            assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+            assert!(container.resources.as_ref().unwrap().requests.is_some());
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Test harness around the real control plane `scripts/control-plane.sh` starts:
+//! clients, a temporary namespace per test (deleted afterwards, with its state dumped
+//! when the test fails), the operator binary as a child process, and polling.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::future::Future;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use ticklab_crd::{LatencyExperiment, MirrorSession, RecordingSession};
+
+/// The admin kubeconfig of the test control plane. Missing is an error, not a skip:
+/// `scripts/test.sh` always starts the control plane.
+pub fn kubeconfig() -> PathBuf {
+    PathBuf::from(std::env::var("TICKLAB_TEST_KUBECONFIG").expect(
+        "TICKLAB_TEST_KUBECONFIG is not set: run the tests through scripts/test.sh, which \
+         starts a control plane (scripts/control-plane.sh start DIR prints the kubeconfig)",
+    ))
+}
+
+/// The kubeconfig of the second, empty API server (no ticklab CRDs).
+pub fn bare_kubeconfig() -> PathBuf {
+    kubeconfig().with_file_name("kubeconfig-bare")
+}
+
+pub async fn client() -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// Installs (or updates) ticklab's CRDs from the Rust types and waits until the API
+/// server serves them. Idempotent: every test calls it.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [
+        LatencyExperiment::crd(),
+        RecordingSession::crd(),
+        MirrorSession::crd(),
+    ] {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("ticklab-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        wait_for(
+            &format!("CRD {name} Established"),
+            Duration::from_secs(30),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let crd = crds.get(&name).await.ok()?;
+                    crd.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// Runs `body` in a fresh namespace; deletes it afterwards, and on failure prints
+/// the namespace's objects and events (and whatever `body` registered to dump).
+pub async fn with_temp_ns<F, Fut>(prefix: &str, body: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let client = client().await;
+    install_crds(&client).await;
+    let name = format!("tl-{prefix}-{:08x}", rand::random::<u32>());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+    }))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    // The controller-manager creates each namespace's default ServiceAccount, which
+    // pods need before they can be admitted.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &name);
+    wait_for("default ServiceAccount", Duration::from_secs(30), || {
+        let accounts = accounts.clone();
+        async move { accounts.get_opt("default").await.ok().flatten().map(|_| ()) }
+    })
+    .await;
+
+    let outcome = std::panic::AssertUnwindSafe(body(client.clone(), name.clone()))
+        .catch_unwind()
+        .await;
+    if outcome.is_err() {
+        dump_namespace(&name);
+    }
+    let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn dump_namespace(ns: &str) {
+    let kubectl = kubeconfig().with_file_name("bin-dir");
+    let Ok(bin) = std::fs::read_to_string(kubectl) else {
+        return;
+    };
+    let output = Command::new(format!("{}/kubectl", bin.trim()))
+        .args(["--kubeconfig", kubeconfig().to_str().unwrap(), "-n", ns])
+        .args(["get", "latencyexperiments,deployments,replicasets,statefulsets,pods,services,configmaps,secrets,events", "-o", "wide"])
+        .output();
+    if let Ok(output) = output {
+        eprintln!(
+            "--- state of namespace {ns}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// Polls `check` until it returns Some, or panics naming `what` after `timeout`.
+pub async fn wait_for<T, Fut>(what: &str, timeout: Duration, mut check: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The operator binary running against the test control plane, watching one
+/// namespace, its log in a temporary file.
+pub struct Operator {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    pub identity: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl Operator {
+    pub fn start(namespace: &str, identity: &str, extra: &[&str]) -> Self {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ticklab-operator"))
+            .env("KUBECONFIG", kubeconfig())
+            .env("RUST_LOG", "info,kube=warn")
+            .args([
+                "--namespace",
+                namespace,
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args([
+                "--identity",
+                identity,
+                "--lease-seconds",
+                "3",
+                "--log-format",
+                "text",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child: Some(child),
+            admin,
+            identity: identity.to_string(),
+            log,
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "operator did not stop within 20 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: a crash, no clean-up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        let _ = std::fs::File::open(self.log.path()).and_then(|mut f| f.read_to_string(&mut text));
+        text
+    }
+
+    /// One sample from the operator's /metrics, or None when unreachable/absent.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let body = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- operator {} log:\n{}", self.identity, self.log());
+        }
+        self.kill();
+    }
+}
+
+/// Reasons of the Events recorded for an object, oldest first.
+pub async fn event_reasons(client: &Client, ns: &str, object: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let mut list: Vec<Event> = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={object}")))
+        .await
+        .unwrap()
+        .items;
+    list.sort_by_key(|e| {
+        e.event_time
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.first_timestamp.as_ref().map(|t| t.0))
+    });
+    list.into_iter().filter_map(|e| e.reason).collect()
+}
