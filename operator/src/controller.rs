@@ -24,7 +24,7 @@ use ticklab_crd::{
     Endpoints, ExperimentResults, LatencyExperiment, LatencyExperimentStatus, Phase,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::children::{self, BuildError, ChildSettings, MANAGED_BY, MANAGED_BY_LABEL, Names};
 use crate::lifecycle::{self, Observed};
@@ -107,6 +107,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     // Reconcile on spec changes only: the operator's own status writes (results
     // every few seconds) must not trigger another reconcile.
     let (reader, writer) = reflector::store();
+    let poller = tokio::spawn(poll_results(ctx.clone(), reader.clone(), shutdown.clone()));
     let trigger = watcher(experiments, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
@@ -130,6 +131,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
             }
         })
         .await;
+    poller.abort();
 }
 
 /// Invalid objects wait for a change; transient errors retry with a delay.
@@ -209,26 +211,51 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut observed = Observed::default();
 
-    let mongodb_password = if managed_mongodb {
-        match secrets.get_opt(&names.mongodb).await? {
-            Some(secret) => secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get("password"))
-                .and_then(|p| String::from_utf8(p.0.clone()).ok())
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(generate_password),
-            None => generate_password(),
-        }
-    } else {
-        String::new()
-    };
-    if let Some(external) = persistence
+    // Everything the decision needs, read in one round trip.
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let external = persistence
         .external_uri_secret
         .as_ref()
-        .filter(|_| persistence.enabled)
-    {
-        match secrets.get_opt(&external.name).await? {
+        .filter(|_| persistence.enabled);
+    let (managed_secret, external_secret, exchange, trader, mongodb) = tokio::try_join!(
+        async {
+            match managed_mongodb {
+                true => secrets.get_opt(&names.mongodb).await,
+                false => Ok(None),
+            }
+        },
+        async {
+            match external {
+                Some(external) => secrets.get_opt(&external.name).await,
+                None => Ok(None),
+            }
+        },
+        deployments.get_opt(&names.exchange),
+        deployments.get_opt(&names.trader),
+        async {
+            match managed_mongodb {
+                true => statefulsets.get_opt(&names.mongodb).await,
+                false => Ok(None),
+            }
+        },
+    )?;
+
+    let mongodb_password = managed_secret
+        .as_ref()
+        .and_then(|secret| secret.data.as_ref())
+        .and_then(|d| d.get("password"))
+        .and_then(|p| String::from_utf8(p.0.clone()).ok())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| {
+            if managed_mongodb {
+                generate_password()
+            } else {
+                String::new()
+            }
+        });
+    if let Some(external) = external {
+        match &external_secret {
             None => {
                 observed.failure = Some((
                     "SecretNotFound".into(),
@@ -238,7 +265,7 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
                     ),
                 ));
             }
-            Some(secret) if !has_key(&secret, &external.key) => {
+            Some(secret) if !has_key(secret, &external.key) => {
                 observed.failure = Some((
                     "SecretKeyNotFound".into(),
                     format!(
@@ -250,12 +277,6 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
             Some(_) => {}
         }
     }
-
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let (exchange, trader) = tokio::try_join!(
-        deployments.get_opt(&names.exchange),
-        deployments.get_opt(&names.trader)
-    )?;
     observed.exchange_available = deployment_available(exchange.as_ref());
     observed.trader_available = deployment_available(trader.as_ref());
     if observed.failure.is_none() {
@@ -264,10 +285,7 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
             .find_map(|(what, d)| deployment_stuck(what, d.as_ref()));
     }
     if managed_mongodb {
-        let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
-        let ready = statefulsets
-            .get_opt(&names.mongodb)
-            .await?
+        let ready = mongodb
             .and_then(|s| s.status)
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0);
@@ -276,18 +294,13 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
 
     let decision = lifecycle::decide(experiment, &observed, now);
 
-    // Results: from the trader while it runs, and once more as the run ends,
-    // before it is scaled down; otherwise keep what the status already holds.
+    // The results poller keeps results fresh while the run goes on; the final
+    // figures are read here, as the run ends, before the trader is scaled down.
     let same_run = previous.observed_generation == experiment.metadata.generation;
-    let mut results: Option<ExperimentResults> = if same_run {
-        previous.results.clone()
-    } else {
-        None
-    };
-    if decision.phase == Phase::Running || decision.completes_now {
+    if decision.completes_now {
         match ctx.results.read(&name, &namespace).await {
-            Ok(read) => results = Some(read),
-            Err(error) => info!(%error, "results not available yet"),
+            Ok(results) => write_results(ctx, experiment, &results).await?,
+            Err(error) => warn!(%error, "final results not available; keeping the last ones read"),
         }
     }
 
@@ -299,7 +312,8 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
     )?;
     apply_children(ctx, &namespace, &desired).await?;
 
-    let verdict = results.as_ref().and_then(|r| r.slo_verdict);
+    // The part of the status this reconciler owns (results and SLOMet belong to
+    // the results writer's field manager).
     let status = LatencyExperimentStatus {
         phase: Some(decision.phase),
         observed_generation: experiment.metadata.generation,
@@ -308,7 +322,6 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
             &decision,
             &observed,
             experiment.metadata.generation,
-            verdict,
             now,
         ),
         started_at: decision.started_at.map(Time),
@@ -324,9 +337,19 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
                 children::ports::ORDER_HTTP
             )),
         }),
-        results,
+        results: None,
     };
-    if status != previous {
+    let previous_owned = LatencyExperimentStatus {
+        conditions: previous
+            .conditions
+            .iter()
+            .filter(|c| lifecycle::RECONCILER_CONDITIONS.contains(&c.type_.as_str()))
+            .cloned()
+            .collect(),
+        results: None,
+        ..previous.clone()
+    };
+    if status != previous_owned {
         patch_status(ctx, experiment, &status).await?;
     }
 
@@ -356,6 +379,98 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
         info!(phase = ?decision.phase, "phase changed");
     }
     Ok(Action::requeue(decision.requeue))
+}
+
+/// Field manager of `status.results` and the `SLOMet` condition, apart from the
+/// reconciler's, so neither writer's apply removes the other's fields.
+pub const RESULTS_FIELD_MANAGER: &str = "ticklab-operator-results";
+
+/// Writes results (and the SLO verdict as the `SLOMet` condition) into the status.
+async fn write_results(
+    ctx: &Context,
+    experiment: &LatencyExperiment,
+    results: &ExperimentResults,
+) -> Result<(), kube::Error> {
+    let previous = experiment
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let conditions: Vec<_> = results
+        .slo_verdict
+        .map(|verdict| {
+            lifecycle::slo_condition(
+                previous,
+                verdict,
+                experiment.metadata.generation,
+                Timestamp::now(),
+            )
+        })
+        .into_iter()
+        .collect();
+    let api: Api<LatencyExperiment> = Api::namespaced(
+        ctx.client.clone(),
+        &experiment.namespace().unwrap_or_default(),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": LatencyExperiment::api_version(&()),
+        "kind": LatencyExperiment::kind(&()),
+        "status": {"results": results, "conditions": conditions},
+    });
+    api.patch_status(
+        &experiment.name_any(),
+        &PatchParams::apply(RESULTS_FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Every few seconds, reads the trader's results of each Running experiment and
+/// writes them when they changed. Kept out of the reconciler: refreshing figures
+/// is not reconciling, and re-applying every child of every experiment every few
+/// seconds would load the API server for nothing.
+async fn poll_results(
+    ctx: Arc<Context>,
+    store: reflector::Store<LatencyExperiment>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(lifecycle::RESULTS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let running: Vec<Arc<LatencyExperiment>> = store
+            .state()
+            .into_iter()
+            .filter(|e| e.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running))
+            .collect();
+        futures::stream::iter(running)
+            .for_each_concurrent(16, |experiment| {
+                let ctx = ctx.clone();
+                async move {
+                    let name = experiment.name_any();
+                    let namespace = experiment.namespace().unwrap_or_default();
+                    let results = match ctx.results.read(&name, &namespace).await {
+                        Ok(results) => results,
+                        Err(error) => {
+                            debug!(%name, %namespace, %error, "results not available");
+                            return;
+                        }
+                    };
+                    if experiment.status.as_ref().and_then(|s| s.results.as_ref()) == Some(&results)
+                    {
+                        return;
+                    }
+                    if let Err(error) = write_results(&ctx, &experiment, &results).await {
+                        warn!(%name, %namespace, %error, "cannot write results");
+                    }
+                }
+            })
+            .await;
+    }
 }
 
 fn generate_password() -> String {

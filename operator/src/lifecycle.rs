@@ -44,7 +44,7 @@ pub struct Decision {
     pub requeue: Duration,
 }
 
-/// How often results are read from the trader while an experiment runs.
+/// How often the results poller reads each running experiment's trader.
 pub const RESULTS_INTERVAL: Duration = Duration::from_secs(5);
 /// A slow safety net for phases that only change through watched events.
 pub const IDLE_RECHECK: Duration = Duration::from_secs(300);
@@ -108,7 +108,8 @@ pub fn decide(experiment: &LatencyExperiment, observed: &Observed, now: Timestam
             workload: Workload::Running,
             started_at: Some(started),
             completes_now: false,
-            requeue: RESULTS_INTERVAL.min(duration - elapsed),
+            // Wake up when the run ends; results are polled separately.
+            requeue: IDLE_RECHECK.min(duration - elapsed),
         };
     }
     Decision {
@@ -116,36 +117,80 @@ pub fn decide(experiment: &LatencyExperiment, observed: &Observed, now: Timestam
         workload: Workload::Running,
         started_at: Some(started),
         completes_now: false,
-        requeue: RESULTS_INTERVAL,
+        requeue: IDLE_RECHECK,
     }
 }
 
-/// The conditions a status carries after `decision`, keeping each condition's
+/// The condition types the reconciler owns; `SLOMet` belongs to the results poller.
+pub const RECONCILER_CONDITIONS: [&str; 2] = ["Ready", "Completed"];
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+/// The `SLOMet` condition for a results verdict.
+pub fn slo_condition(
+    previous: &[Condition],
+    verdict: SloVerdict,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let met = verdict == SloVerdict::Met;
+    condition(
+        previous,
+        "SLOMet",
+        met,
+        if met { "WithinBounds" } else { "Breached" },
+        if met {
+            "results are within spec.slo".to_string()
+        } else {
+            "results break spec.slo".to_string()
+        },
+        generation,
+        now,
+    )
+}
+
+/// The reconciler's conditions after `decision`, keeping each condition's
 /// lastTransitionTime while its status does not change.
 pub fn conditions(
     previous: &LatencyExperimentStatus,
     decision: &Decision,
     observed: &Observed,
     generation: Option<i64>,
-    results_verdict: Option<SloVerdict>,
     now: Timestamp,
 ) -> Vec<Condition> {
     let mut out = Vec::new();
     let mut push = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let since = previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
-        out.push(Condition {
-            type_: type_.to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
+        out.push(condition(
+            &previous.conditions,
+            type_,
+            ok,
+            reason,
             message,
-            last_transition_time: since,
-            observed_generation: generation,
-        });
+            generation,
+            now,
+        ));
     };
     let (ready, reason, message) = match (&observed.failure, decision.phase) {
         (Some((reason, message)), _) => (false, reason.as_str(), message.clone()),
@@ -175,19 +220,6 @@ pub fn conditions(
             _ => "the run has not ended".to_string(),
         },
     );
-    if let Some(verdict) = results_verdict {
-        let met = verdict == SloVerdict::Met;
-        push(
-            "SLOMet",
-            met,
-            if met { "WithinBounds" } else { "Breached" },
-            if met {
-                "results are within spec.slo".to_string()
-            } else {
-                "results break spec.slo".to_string()
-            },
-        );
-    }
     out
 }
 
@@ -239,7 +271,7 @@ mod tests {
         let d = decide(&e, &observed, t(0));
         assert_eq!(d.phase, Phase::Pending);
         assert_eq!(d.workload, Workload::Running);
-        let c = conditions(&Default::default(), &d, &observed, Some(1), None, t(0));
+        let c = conditions(&Default::default(), &d, &observed, Some(1), t(0));
         assert!(c[0].message.contains("mongodb"), "{c:?}");
         let d = decide(&e, &available(), t(0));
         assert_eq!((d.phase, d.started_at), (Phase::Running, Some(t(0))));
@@ -256,7 +288,11 @@ mod tests {
         });
         let d = decide(&e, &available(), t(4));
         assert_eq!(d.phase, Phase::Running);
-        assert_eq!(d.requeue, RESULTS_INTERVAL);
+        assert_eq!(
+            d.requeue,
+            Duration::from_secs(6),
+            "wakes up when the run ends"
+        );
         let d = decide(&e, &available(), t(8));
         assert_eq!(
             d.requeue,
@@ -301,7 +337,7 @@ mod tests {
         observed.failure = Some(("SecretNotFound".into(), "secret db not found".into()));
         let d = decide(&e, &observed, t(0));
         assert_eq!(d.phase, Phase::Failed);
-        let c = conditions(&Default::default(), &d, &observed, Some(1), None, t(0));
+        let c = conditions(&Default::default(), &d, &observed, Some(1), t(0));
         assert_eq!(
             (c[0].reason.as_str(), c[0].status.as_str()),
             ("SecretNotFound", "False")
@@ -312,28 +348,17 @@ mod tests {
     fn transition_times_survive_while_a_condition_holds() {
         let e = experiment(SPEC);
         let d = decide(&e, &available(), t(0));
-        let first = conditions(
-            &Default::default(),
-            &d,
-            &available(),
-            Some(1),
-            Some(SloVerdict::Met),
-            t(0),
-        );
+        let mut first = conditions(&Default::default(), &d, &available(), Some(1), t(0));
+        first.push(slo_condition(&[], SloVerdict::Met, Some(1), t(0)));
         let previous = LatencyExperimentStatus {
             conditions: first.clone(),
             ..Default::default()
         };
-        let again = conditions(
-            &previous,
-            &d,
-            &available(),
-            Some(1),
-            Some(SloVerdict::Breached),
-            t(50),
-        );
+        let again = conditions(&previous, &d, &available(), Some(1), t(50));
         assert_eq!(again[0].last_transition_time, first[0].last_transition_time);
-        let slo = again.iter().find(|c| c.type_ == "SLOMet").unwrap();
+        let met = slo_condition(&previous.conditions, SloVerdict::Met, Some(1), t(50));
+        assert_eq!(met.last_transition_time.0, t(0));
+        let slo = slo_condition(&previous.conditions, SloVerdict::Breached, Some(1), t(50));
         assert_eq!(
             (slo.status.as_str(), slo.last_transition_time.0),
             ("False", t(50))
