@@ -90,9 +90,11 @@ metadata:
     kubernetes.io/os: linux
     kubernetes.io/arch: amd64
     type: kwok
+# Room for hundreds of experiments (each requests 750m CPU over three pods): the
+# nodes are fake, only the scheduler's arithmetic sees these numbers.
 status:
-  allocatable: {cpu: "32", memory: 256Gi, pods: "500"}
-  capacity: {cpu: "32", memory: 256Gi, pods: "500"}
+  allocatable: {cpu: "1000", memory: 4Ti, pods: "1000"}
+  capacity: {cpu: "1000", memory: 4Ti, pods: "1000"}
 EOF
 }
 
