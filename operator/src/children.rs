@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
-use ticklab_crd::{LatencyExperiment, Placement, Transport};
+use ticklab_crd::{LatencyExperiment, LatencyExperimentSpec, Placement, Transport};
 use ticklab_exchange::ExchangeConfig;
 use ticklab_trader::TraderConfig;
 
@@ -161,7 +161,7 @@ pub fn build(
     let names = Names::of(name);
     let spec = &experiment.spec;
     let persistence = &spec.trader.persistence;
-    let managed_mongodb = persistence.enabled && persistence.external_uri_secret.is_none();
+    let managed_mongodb = uses_managed_mongodb(spec);
 
     let exchange_yaml = serde_yaml::to_string(&exchange_config(experiment, name, namespace))?;
     let trader_yaml = serde_yaml::to_string(&trader_config(experiment, name, namespace))?;
@@ -230,18 +230,7 @@ pub fn build(
             Some(external) => (external.name.clone(), external.key.clone()),
             None => (names.mongodb.clone(), "uri".to_string()),
         };
-        trader_env.push(EnvVar {
-            name: "MONGODB_URI".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret,
-                    key,
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        trader_env.push(env_from_secret("MONGODB_URI", &secret, &key));
     }
     let trader = service_deployment(ServiceDeployment {
         meta: meta(&names.trader, "trader"),
@@ -302,6 +291,29 @@ pub fn build(
         exchange,
         trader,
     })
+}
+
+/// Whether the operator runs MongoDB for this experiment (persistence on and no
+/// external database named).
+pub fn uses_managed_mongodb(spec: &LatencyExperimentSpec) -> bool {
+    let persistence = &spec.trader.persistence;
+    persistence.enabled && persistence.external_uri_secret.is_none()
+}
+
+/// An environment variable read from a Secret's key (required to exist).
+fn env_from_secret(var: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: var.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Labels of every child of experiment `name`; `component` tells them apart.
@@ -625,18 +637,7 @@ fn mongodb_statefulset(
     let selector = selector_labels(experiment, "mongodb");
     let mut pod_labels = labels(experiment, "mongodb");
     pod_labels.extend(selector.clone());
-    let from_secret = |var: &str, key: &str| EnvVar {
-        name: var.to_string(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: name.to_string(),
-                key: key.to_string(),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let from_secret = |var: &str, key: &str| env_from_secret(var, name, key);
     let tcp_probe = Probe {
         tcp_socket: Some(TCPSocketAction {
             port: IntOrString::Int(i32::from(ports::MONGODB)),

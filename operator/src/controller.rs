@@ -207,7 +207,7 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
 
     let names = Names::of(&name);
     let persistence = &experiment.spec.trader.persistence;
-    let managed_mongodb = persistence.enabled && persistence.external_uri_secret.is_none();
+    let managed_mongodb = children::uses_managed_mongodb(&experiment.spec);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut observed = Observed::default();
 
@@ -408,22 +408,13 @@ async fn write_results(
         })
         .into_iter()
         .collect();
-    let api: Api<LatencyExperiment> = Api::namespaced(
-        ctx.client.clone(),
-        &experiment.namespace().unwrap_or_default(),
-    );
-    let patch = serde_json::json!({
-        "apiVersion": LatencyExperiment::api_version(&()),
-        "kind": LatencyExperiment::kind(&()),
-        "status": {"results": results, "conditions": conditions},
-    });
-    api.patch_status(
-        &experiment.name_any(),
-        &PatchParams::apply(RESULTS_FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+    apply_status(
+        ctx,
+        experiment,
+        RESULTS_FIELD_MANAGER,
+        &serde_json::json!({"results": results, "conditions": conditions}),
     )
     .await
-    .map(|_| ())
 }
 
 /// Every few seconds, reads the trader's results of each Running experiment and
@@ -566,6 +557,17 @@ async fn patch_status(
     experiment: &LatencyExperiment,
     status: &LatencyExperimentStatus,
 ) -> Result<(), kube::Error> {
+    apply_status(ctx, experiment, FIELD_MANAGER, status).await
+}
+
+/// Server-side apply of `status` as `field_manager`: the reconciler and the results
+/// writer each own their part of the status.
+async fn apply_status(
+    ctx: &Context,
+    experiment: &LatencyExperiment,
+    field_manager: &str,
+    status: &impl Serialize,
+) -> Result<(), kube::Error> {
     let api: Api<LatencyExperiment> = Api::namespaced(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
@@ -577,7 +579,7 @@ async fn patch_status(
     });
     api.patch_status(
         &experiment.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(field_manager).force(),
         &Patch::Apply(&patch),
     )
     .await
