@@ -92,7 +92,7 @@ impl LocalPair {
         };
         let trader = ticklab_trader::start(
             trader_config,
-            prometheus::Registry::new(),
+            ticklab_admin::experiment_registry("trader", name)?,
             trader_stop.clone(),
         )
         .await
@@ -109,12 +109,16 @@ impl LocalPair {
             order_http_listen: order_http,
             admin_listen: loopback(options.exchange_port),
         };
-        match ticklab_exchange::start(
-            exchange_config,
-            prometheus::Registry::new(),
-            exchange_stop.clone(),
-        )
-        .await
+        let exchange_registry = match ticklab_admin::experiment_registry("exchange", name) {
+            Ok(registry) => registry,
+            Err(e) => {
+                trader_stop.cancel();
+                let _ = trader.join().await;
+                return Err(anyhow::Error::new(e).context("exchange metrics"));
+            }
+        };
+        match ticklab_exchange::start(exchange_config, exchange_registry, exchange_stop.clone())
+            .await
         {
             Ok(exchange) => Ok(Self {
                 trader,

@@ -53,7 +53,8 @@ pub async fn trader(args: ServeArgs) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     ticklab_admin::cancel_on_signal(shutdown.clone());
-    let handle = ticklab_trader::start(config, prometheus::Registry::new(), shutdown).await?;
+    let registry = ticklab_admin::experiment_registry("trader", &config.experiment)?;
+    let handle = ticklab_trader::start(config, registry, shutdown).await?;
     let results = handle.join().await?;
     write_results(&args.results_file, &results)
 }
@@ -63,7 +64,8 @@ pub async fn exchange(args: ServeArgs) -> anyhow::Result<()> {
     let config: ticklab_exchange::ExchangeConfig = read_config(&args.config)?;
     let shutdown = CancellationToken::new();
     ticklab_admin::cancel_on_signal(shutdown.clone());
-    let handle = ticklab_exchange::start(config, prometheus::Registry::new(), shutdown).await?;
+    let registry = ticklab_admin::experiment_registry("exchange", &config.experiment)?;
+    let handle = ticklab_exchange::start(config, registry, shutdown).await?;
     let report = handle.join().await?;
     write_results(&args.results_file, &report)
 }

@@ -433,8 +433,9 @@ async fn poll_results(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let running: Vec<Arc<LatencyExperiment>> = store
-            .state()
+        let experiments = store.state();
+        count_phases(&ctx.metrics, &experiments);
+        let running: Vec<Arc<LatencyExperiment>> = experiments
             .into_iter()
             .filter(|e| e.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running))
             .collect();
@@ -461,6 +462,26 @@ async fn poll_results(
                 }
             })
             .await;
+    }
+}
+
+/// Sets `ticklab_operator_experiments{phase}` from the watched experiments.
+fn count_phases(metrics: &OperatorMetrics, experiments: &[Arc<LatencyExperiment>]) {
+    for phase in crate::metrics::PHASES {
+        let count = experiments
+            .iter()
+            .filter(|e| {
+                e.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .unwrap_or(Phase::Pending)
+                    == phase
+            })
+            .count();
+        metrics
+            .experiments
+            .with_label_values(&[&format!("{phase:?}")])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 }
 

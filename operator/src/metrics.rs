@@ -1,8 +1,12 @@
 //! The operator's Prometheus metrics: reconciliations, failures by error kind (never
 //! by object: cardinality stays flat however many experiments exist), reconcile
-//! duration, leadership, and experiments by phase.
+//! duration, leadership, phase transitions, and how many experiments are in each
+//! phase (the leader's view).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use ticklab_crd::Phase;
 
 #[derive(Clone)]
 pub struct OperatorMetrics {
@@ -11,7 +15,16 @@ pub struct OperatorMetrics {
     pub duration: HistogramVec,
     pub leader: IntGauge,
     pub phase_transitions: IntCounterVec,
+    pub experiments: IntGaugeVec,
 }
+
+/// Every phase, for gauges that must show zeros rather than missing series.
+pub const PHASES: [Phase; 4] = [
+    Phase::Pending,
+    Phase::Running,
+    Phase::Completed,
+    Phase::Failed,
+];
 
 impl OperatorMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
@@ -54,17 +67,30 @@ impl OperatorMetrics {
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        let experiments = IntGaugeVec::new(
+            Opts::new(
+                "ticklab_operator_experiments",
+                "LatencyExperiments by phase, as the leading replica sees them (no phase yet: Pending).",
+            ),
+            &["phase"],
+        )?;
         registry.register(Box::new(phase_transitions.clone()))?;
+        registry.register(Box::new(experiments.clone()))?;
+        ticklab_admin::register_process_metrics(registry, "operator")?;
         // Series exist at zero from the start: "no reconciles yet" reads as 0, not
         // as an absent series.
         reconciliations.with_label_values(&["latencyexperiment"]);
         duration.with_label_values(&["latencyexperiment"]);
+        for phase in PHASES {
+            experiments.with_label_values(&[&format!("{phase:?}")]);
+        }
         Ok(Self {
             reconciliations,
             failures,
             duration,
             leader,
             phase_transitions,
+            experiments,
         })
     }
 }
