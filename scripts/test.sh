@@ -42,12 +42,12 @@ echo "control plane at $TICKLAB_TEST_KUBECONFIG" >&2
 step "format"
 cargo fmt --all --check
 
-step "generated files (crds/ from the Rust types)"
-cargo run --quiet --locked -p ticklab-crd --bin crdgen -- crds >/dev/null
-if [ -d .git ] && [ -n "$(git status --porcelain -- crds)" ]; then
-  git status --short -- crds >&2
-  git --no-pager diff --stat -- crds >&2
-  echo "crds/ is out of date: run 'cargo run -p ticklab-crd --bin crdgen -- crds' and commit" >&2
+step "generated files (CRDs from the Rust types)"
+cargo run --quiet --locked -p ticklab-crd --bin crdgen -- crds charts/ticklab/crds >/dev/null
+if [ -d .git ] && [ -n "$(git status --porcelain -- crds charts/ticklab/crds)" ]; then
+  git status --short -- crds charts/ticklab/crds >&2
+  git --no-pager diff --stat -- crds charts/ticklab/crds >&2
+  echo "CRDs are out of date: run 'cargo run -p ticklab-crd --bin crdgen -- crds charts/ticklab/crds' and commit" >&2
   exit 1
 fi
 

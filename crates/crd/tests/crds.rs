@@ -1,6 +1,6 @@
 //! The generated CRDs: every field documented (so `kubectl explain` works), no
 //! schema constructs the API server refuses in a structural schema, and the files
-//! in crds/ exactly what crdgen writes today.
+//! in crds/ and charts/ticklab/crds/ exactly what crdgen writes today.
 #![allow(clippy::unwrap_used)]
 
 use kube::CustomResourceExt;
@@ -85,17 +85,21 @@ fn every_field_has_a_description_and_schemas_are_structural() {
 
 #[test]
 fn committed_crds_match_the_types() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
-    for crd in crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        let committed =
-            std::fs::read_to_string(dir.join(format!("{name}.yaml"))).unwrap_or_else(|e| {
-                panic!("crds/{name}.yaml: {e}; run `cargo run -p ticklab-crd --bin crdgen -- crds`")
-            });
-        let expected = ticklab_crd::render_crd_yaml(&crd).unwrap();
-        assert!(
-            committed.ends_with(&expected),
-            "crds/{name}.yaml is stale: run `cargo run -p ticklab-crd --bin crdgen -- crds` and commit"
-        );
+    const REGENERATE: &str =
+        "run `cargo run -p ticklab-crd --bin crdgen -- crds charts/ticklab/crds` and commit";
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The plain copy for `kubectl apply -f crds/`, and the Helm chart's.
+    for dir in ["crds", "charts/ticklab/crds"] {
+        for crd in crds() {
+            let name = crd.metadata.name.clone().unwrap();
+            let path = format!("{dir}/{name}.yaml");
+            let committed = std::fs::read_to_string(root.join(&path))
+                .unwrap_or_else(|e| panic!("{path}: {e}; {REGENERATE}"));
+            let expected = ticklab_crd::render_crd_yaml(&crd).unwrap();
+            assert!(
+                committed.ends_with(&expected),
+                "{path} is stale: {REGENERATE}"
+            );
+        }
     }
 }
