@@ -1,8 +1,10 @@
 //! The desired children of a LatencyExperiment, built from its spec without a client:
 //! a ConfigMap with the rendered service configurations, exchange and trader
-//! Deployments and Services, and (unless the spec names an external MongoDB) a MongoDB
-//! StatefulSet, headless Service and credentials Secret. Pure, so tests drive it from
-//! YAML fixtures; the reconciler applies what it returns with server-side apply.
+//! Deployments and Services, (unless an external MongoDB is named) a MongoDB
+//! StatefulSet, headless Service and credentials Secret, and (when the operator is
+//! told to) a NetworkPolicy that isolates the experiment's pods from every other
+//! workload. Pure, so tests drive it from YAML fixtures; the reconciler applies what
+//! it returns with server-side apply.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +19,10 @@ use k8s_openapi::api::core::v1::{
     PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
     SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
     TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -57,6 +63,13 @@ pub const EXPERIMENT_LABEL: &str = "ticklab.dev/experiment";
 /// change rolls the pods even though the ConfigMap keeps its name.
 pub const CONFIG_HASH_ANNOTATION: &str = "ticklab.dev/config-hash";
 
+/// Labels of the operator's own pods (the Helm chart sets them): experiment
+/// NetworkPolicies let exactly these pods read the trader's results.
+pub const OPERATOR_POD_LABELS: [(&str, &str); 2] = [
+    ("app.kubernetes.io/name", "ticklab"),
+    ("app.kubernetes.io/component", "operator"),
+];
+
 /// What the operator's own settings contribute to the children.
 #[derive(Clone, Debug)]
 pub struct ChildSettings {
@@ -66,6 +79,12 @@ pub struct ChildSettings {
     pub image_pull_policy: String,
     /// MongoDB image for operator-managed databases.
     pub mongodb_image: String,
+    /// The Secret (looked up in each experiment's namespace) holding the URI of an
+    /// external MongoDB, for experiments that persist trades without naming their
+    /// own: the operator then runs no MongoDB for them.
+    pub default_mongodb_secret: Option<ticklab_crd::SecretKeySelector>,
+    /// Isolate each experiment's pods with a NetworkPolicy.
+    pub network_policy: Option<IsolationSettings>,
 }
 
 impl Default for ChildSettings {
@@ -74,7 +93,59 @@ impl Default for ChildSettings {
             image: "ghcr.io/ticklab/ticklab:0.1.0".into(),
             image_pull_policy: "IfNotPresent".into(),
             mongodb_image: "mongo:7.0".into(),
+            default_mongodb_secret: None,
+            network_policy: None,
         }
+    }
+}
+
+/// Who, besides the experiment's own pods, may reach them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IsolationSettings {
+    /// Namespace of the operator's pods (they read the trader's results).
+    pub operator_namespace: String,
+    /// Labels of the namespaces whose pods may scrape the admin ports (Prometheus);
+    /// empty: every namespace may.
+    pub metrics_namespace_labels: BTreeMap<String, String>,
+}
+
+/// Where an experiment's trades go.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MongoDb<'a> {
+    /// Persistence is off.
+    None,
+    /// The operator runs a MongoDB for the experiment.
+    Managed,
+    /// An external MongoDB whose URI is in this Secret of the experiment's namespace.
+    External {
+        secret: &'a ticklab_crd::SecretKeySelector,
+        /// Where the Secret was named, for messages: the spec field or the flag.
+        named_by: &'static str,
+    },
+}
+
+/// The experiment's own `externalUriSecret` wins over the operator's default.
+pub fn mongodb_for<'a>(
+    spec: &'a LatencyExperimentSpec,
+    settings: &'a ChildSettings,
+) -> MongoDb<'a> {
+    let persistence = &spec.trader.persistence;
+    if !persistence.enabled {
+        return MongoDb::None;
+    }
+    match (
+        &persistence.external_uri_secret,
+        &settings.default_mongodb_secret,
+    ) {
+        (Some(secret), _) => MongoDb::External {
+            secret,
+            named_by: "spec.trader.persistence.externalUriSecret",
+        },
+        (None, Some(secret)) => MongoDb::External {
+            secret,
+            named_by: "the operator's default MongoDB Secret (--mongodb-uri-secret)",
+        },
+        (None, None) => MongoDb::Managed,
     }
 }
 
@@ -97,6 +168,7 @@ pub struct Children {
     pub trader_service: Service,
     pub exchange: Deployment,
     pub trader: Deployment,
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// The operator-managed MongoDB.
@@ -123,6 +195,7 @@ pub struct Names {
     pub exchange: String,
     pub trader: String,
     pub mongodb: String,
+    pub network_policy: String,
 }
 
 impl Names {
@@ -132,6 +205,7 @@ impl Names {
             exchange: format!("{experiment}-exchange"),
             trader: format!("{experiment}-trader"),
             mongodb: format!("{experiment}-mongodb"),
+            network_policy: format!("{experiment}-isolation"),
         }
     }
 }
@@ -160,8 +234,7 @@ pub fn build(
         .ok_or(BuildError::MissingMetadata("uid"))?;
     let names = Names::of(name);
     let spec = &experiment.spec;
-    let persistence = &spec.trader.persistence;
-    let managed_mongodb = uses_managed_mongodb(spec);
+    let mongodb_source = mongodb_for(spec, settings);
 
     let exchange_yaml = serde_yaml::to_string(&exchange_config(experiment, name, namespace))?;
     let trader_yaml = serde_yaml::to_string(&trader_config(experiment, name, namespace))?;
@@ -224,14 +297,13 @@ pub fn build(
         affinity: None,
     });
 
-    let mut trader_env = vec![];
-    if persistence.enabled {
-        let (secret, key) = match &persistence.external_uri_secret {
-            Some(external) => (external.name.clone(), external.key.clone()),
-            None => (names.mongodb.clone(), "uri".to_string()),
-        };
-        trader_env.push(env_from_secret("MONGODB_URI", &secret, &key));
-    }
+    let trader_env = match mongodb_source {
+        MongoDb::None => vec![],
+        MongoDb::Managed => vec![env_from_secret("MONGODB_URI", &names.mongodb, "uri")],
+        MongoDb::External { secret, .. } => {
+            vec![env_from_secret("MONGODB_URI", &secret.name, &secret.key)]
+        }
+    };
     let trader = service_deployment(ServiceDeployment {
         meta: meta(&names.trader, "trader"),
         experiment: name,
@@ -261,7 +333,11 @@ pub fn build(
         false,
     );
 
-    let mongodb = managed_mongodb.then(|| MongoChildren {
+    let network_policy = settings.network_policy.as_ref().map(|isolation| {
+        isolation_policy(meta(&names.network_policy, "isolation"), name, isolation)
+    });
+
+    let mongodb = (mongodb_source == MongoDb::Managed).then(|| MongoChildren {
         secret: mongodb_secret(
             meta(&names.mongodb, "mongodb"),
             &names.mongodb,
@@ -290,14 +366,86 @@ pub fn build(
         trader_service,
         exchange,
         trader,
+        network_policy,
     })
 }
 
-/// Whether the operator runs MongoDB for this experiment (persistence on and no
-/// external database named).
-pub fn uses_managed_mongodb(spec: &LatencyExperimentSpec) -> bool {
-    let persistence = &spec.trader.persistence;
-    persistence.enabled && persistence.external_uri_secret.is_none()
+/// Ingress to the experiment's pods only from: the experiment's own pods (feed,
+/// retransmission, orders, MongoDB), the operator's pods (the trader's results), and
+/// the metrics scrapers' namespaces (admin ports only). Nothing from another
+/// experiment reaches them, as dev, QA and prod were kept apart in the system ticklab
+/// grew from. Egress stays open: DNS, the API server and external MongoDB live at
+/// addresses a policy cannot name portably.
+fn isolation_policy(
+    meta: ObjectMeta,
+    experiment: &str,
+    isolation: &IsolationSettings,
+) -> NetworkPolicy {
+    let experiment_pods = LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            EXPERIMENT_LABEL.to_string(),
+            experiment.to_string(),
+        )])),
+        ..Default::default()
+    };
+    let tcp = |port: u16| NetworkPolicyPort {
+        port: Some(IntOrString::Int(i32::from(port))),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let operator = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                isolation.operator_namespace.clone(),
+            )])),
+            ..Default::default()
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(
+                OPERATOR_POD_LABELS
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let scrapers = NetworkPolicyPeer {
+        // An empty selector matches every namespace.
+        namespace_selector: Some(LabelSelector {
+            match_labels: (!isolation.metrics_namespace_labels.is_empty())
+                .then(|| isolation.metrics_namespace_labels.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: meta,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(experiment_pods.clone()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(experiment_pods),
+                        ..Default::default()
+                    }]),
+                    ports: None,
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![operator]),
+                    ports: Some(vec![tcp(ports::TRADER_API)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![scrapers]),
+                    ports: Some(vec![tcp(ports::EXCHANGE_ADMIN), tcp(ports::TRADER_API)]),
+                },
+            ]),
+            ..Default::default()
+        }),
+    }
 }
 
 /// An environment variable read from a Secret's key (required to exist).

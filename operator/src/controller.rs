@@ -11,6 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -26,7 +27,9 @@ use ticklab_crd::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::children::{self, BuildError, ChildSettings, MANAGED_BY, MANAGED_BY_LABEL, Names};
+use crate::children::{
+    self, BuildError, ChildSettings, MANAGED_BY, MANAGED_BY_LABEL, MongoDb, Names,
+};
 use crate::lifecycle::{self, Observed};
 use crate::metrics::OperatorMetrics;
 use crate::results::ResultsReader;
@@ -118,11 +121,17 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     let children = watcher::Config::default()
         .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
         .any_semantic();
-    Controller::for_stream(trigger, reader)
+    let mut controller = Controller::for_stream(trigger, reader)
         .owns(api::<Deployment>(&client, &namespace), children.clone())
         .owns(api::<StatefulSet>(&client, &namespace), children.clone())
         .owns(api::<Service>(&client, &namespace), children.clone())
-        .owns(api::<ConfigMap>(&client, &namespace), children.clone())
+        .owns(api::<ConfigMap>(&client, &namespace), children.clone());
+    // Watched only when the operator makes them: without isolation it needs no
+    // permission on NetworkPolicies at all.
+    if ctx.settings.network_policy.is_some() {
+        controller = controller.owns(api::<NetworkPolicy>(&client, &namespace), children.clone());
+    }
+    controller
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -206,18 +215,18 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
     }
 
     let names = Names::of(&name);
-    let persistence = &experiment.spec.trader.persistence;
-    let managed_mongodb = children::uses_managed_mongodb(&experiment.spec);
+    let mongodb_source = children::mongodb_for(&experiment.spec, &ctx.settings);
+    let managed_mongodb = mongodb_source == MongoDb::Managed;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut observed = Observed::default();
 
     // Everything the decision needs, read in one round trip.
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
-    let external = persistence
-        .external_uri_secret
-        .as_ref()
-        .filter(|_| persistence.enabled);
+    let external = match mongodb_source {
+        MongoDb::External { secret, named_by } => Some((secret, named_by)),
+        MongoDb::None | MongoDb::Managed => None,
+    };
     let (managed_secret, external_secret, exchange, trader, mongodb) = tokio::try_join!(
         async {
             match managed_mongodb {
@@ -227,7 +236,7 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
         },
         async {
             match external {
-                Some(external) => secrets.get_opt(&external.name).await,
+                Some((external, _)) => secrets.get_opt(&external.name).await,
                 None => Ok(None),
             }
         },
@@ -254,13 +263,13 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
                 String::new()
             }
         });
-    if let Some(external) = external {
+    if let Some((external, named_by)) = external {
         match &external_secret {
             None => {
                 observed.failure = Some((
                     "SecretNotFound".into(),
                     format!(
-                        "spec.trader.persistence.externalUriSecret: Secret {:?} does not exist in namespace {namespace}",
+                        "{named_by}: Secret {:?} does not exist in namespace {namespace}",
                         external.name
                     ),
                 ));
@@ -269,7 +278,7 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
                 observed.failure = Some((
                     "SecretKeyNotFound".into(),
                     format!(
-                        "spec.trader.persistence.externalUriSecret: Secret {:?} has no key {:?}",
+                        "{named_by}: Secret {:?} has no key {:?}",
                         external.name, external.key
                     ),
                 ));
@@ -562,7 +571,14 @@ async fn apply_children(
         }
         Ok::<_, kube::Error>(())
     };
+    let network_policy = async {
+        match &desired.network_policy {
+            Some(policy) => apply(ctx, namespace, policy).await,
+            None => Ok(()),
+        }
+    };
     tokio::try_join!(
+        network_policy,
         apply(ctx, namespace, &desired.config),
         apply(ctx, namespace, &desired.exchange_service),
         apply(ctx, namespace, &desired.trader_service),

@@ -3,6 +3,7 @@
 //! LatencyExperiments while it leads. SIGTERM stops it cleanly and hands the Lease
 //! to a standby at once.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use ticklab_admin::{AdminState, LogFormat};
-use ticklab_operator::children::ChildSettings;
+use ticklab_crd::SecretKeySelector;
+use ticklab_operator::children::{ChildSettings, IsolationSettings};
 use ticklab_operator::controller::{self, Context};
 use ticklab_operator::leader::{Election, LeaseSettings};
 use ticklab_operator::metrics::OperatorMetrics;
@@ -52,9 +54,31 @@ struct Args {
     /// Name of the leader Lease.
     #[arg(long, env = "TICKLAB_LEASE_NAME", default_value = "ticklab-operator")]
     lease_name: String,
-    /// Namespace of the leader Lease (default: the watched namespace, else "default").
-    #[arg(long, env = "POD_NAMESPACE")]
+    /// Namespace of the leader Lease (default: the operator's namespace, else the
+    /// watched namespace, else "default").
+    #[arg(long, env = "TICKLAB_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// Namespace the operator's pods run in (set from the downward API in a cluster).
+    #[arg(long, env = "POD_NAMESPACE")]
+    operator_namespace: Option<String>,
+    /// Give each experiment a NetworkPolicy that admits only its own pods, the
+    /// operator, and metrics scrapers (needs the operator's namespace).
+    #[arg(long, env = "TICKLAB_NETWORK_POLICIES", default_value_t = false, action = clap::ArgAction::Set)]
+    network_policies: bool,
+    /// Labels of the namespaces allowed to scrape experiment metrics through those
+    /// NetworkPolicies, as "key=value,key=value"; empty: every namespace.
+    #[arg(long, env = "TICKLAB_METRICS_NAMESPACE_SELECTOR",
+          default_value = "kubernetes.io/metadata.name=monitoring",
+          value_parser = parse_labels)]
+    metrics_namespace_selector: BTreeMap<String, String>,
+    /// A Secret (in each experiment's namespace) with the URI of an external MongoDB,
+    /// used by experiments that persist trades without naming their own; the
+    /// operator then runs no MongoDB for them.
+    #[arg(long, env = "TICKLAB_MONGODB_URI_SECRET")]
+    mongodb_uri_secret: Option<String>,
+    /// The key in that Secret.
+    #[arg(long, env = "TICKLAB_MONGODB_URI_SECRET_KEY", default_value = "uri")]
+    mongodb_uri_secret_key: String,
     /// Seconds a leader may go without renewing before a standby takes over.
     #[arg(long, env = "TICKLAB_LEASE_SECONDS", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(2..=300))]
@@ -65,6 +89,26 @@ struct Args {
     /// Log format.
     #[arg(long, env = "TICKLAB_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
+}
+
+/// "k=v,k2=v2" into labels; each key and value must be a valid label part.
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        let (key, value) = (key.trim(), value.trim());
+        let valid = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        };
+        if key.is_empty() || !valid(key) || !valid(value) {
+            return Err(format!("{pair:?} is not a valid label key=value"));
+        }
+        labels.insert(key.to_string(), value.to_string());
+    }
+    Ok(labels)
 }
 
 fn main() -> ExitCode {
@@ -120,10 +164,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ));
     info!(%admin_addr, namespace = ?args.namespace, "ticklab-operator started");
 
+    let network_policy = match (args.network_policies, &args.operator_namespace) {
+        (false, _) => None,
+        (true, Some(namespace)) => Some(IsolationSettings {
+            operator_namespace: namespace.clone(),
+            metrics_namespace_labels: args.metrics_namespace_selector.clone(),
+        }),
+        (true, None) => anyhow::bail!(
+            "--network-policies needs the operator's namespace: set --operator-namespace or POD_NAMESPACE"
+        ),
+    };
     let settings = ChildSettings {
         image: args.image.clone(),
         image_pull_policy: args.image_pull_policy.clone(),
         mongodb_image: args.mongodb_image.clone(),
+        default_mongodb_secret: args
+            .mongodb_uri_secret
+            .clone()
+            .map(|name| SecretKeySelector {
+                name,
+                key: args.mongodb_uri_secret_key.clone(),
+            }),
+        network_policy,
     };
     let results = ResultsReader::new(&args.stats_url, Duration::from_secs(2))
         .context("cannot build the HTTP client")?;
@@ -155,6 +217,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         namespace: args
             .lease_namespace
             .clone()
+            .or_else(|| args.operator_namespace.clone())
             .or_else(|| args.namespace.clone())
             .unwrap_or_else(|| "default".to_string()),
         identity: identity.clone(),

@@ -1,13 +1,19 @@
 //! The child builder from YAML fixtures, without a cluster: names, owner references,
 //! the rendered service configurations, MongoDB managed or external, placement,
-//! scaling down, and the restricted pod security every pod meets.
+//! scaling down, the restricted pod security every pod meets, the operator's default
+//! external MongoDB, and the NetworkPolicy that isolates an experiment.
 #![allow(clippy::unwrap_used)]
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PodSpec;
+use std::collections::BTreeMap;
 use ticklab_crd::{LatencyExperiment, Transport};
 use ticklab_exchange::ExchangeConfig;
-use ticklab_operator::children::{self, CONFIG_HASH_ANNOTATION, ChildSettings, Children, Workload};
+
+use ticklab_crd::SecretKeySelector;
+use ticklab_operator::children::{
+    self, CONFIG_HASH_ANNOTATION, ChildSettings, Children, IsolationSettings, Workload,
+};
 use ticklab_trader::TraderConfig;
 
 fn fixture(name: &str) -> LatencyExperiment {
@@ -299,4 +305,171 @@ fn every_pod_meets_the_restricted_pod_security_standard() {
             assert!(container.resources.as_ref().unwrap().requests.is_some());
         }
     }
+}
+
+#[test]
+fn the_operators_default_external_mongodb_replaces_the_managed_one() {
+    let settings = ChildSettings {
+        default_mongodb_secret: Some(SecretKeySelector {
+            name: "team-mongodb".into(),
+            key: "uri".into(),
+        }),
+        ..ChildSettings::default()
+    };
+    let uri_secret = |c: &Children| {
+        let env = pod(&c.trader).containers[0].env.clone().unwrap();
+        let from = env[0].value_from.clone().unwrap().secret_key_ref.unwrap();
+        (from.name, from.key)
+    };
+    // No externalUriSecret in the spec: the default is used, no MongoDB is run.
+    let e = fixture("udp-managed-mongodb.yaml");
+    let c = children::build(&e, &settings, Workload::Running, "").unwrap();
+    assert!(c.mongodb.is_none());
+    assert_eq!(uri_secret(&c), ("team-mongodb".into(), "uri".into()));
+    // The experiment's own Secret wins over the default.
+    let e = fixture("tcp-external-mongodb-cross-node.yaml");
+    let c = children::build(&e, &settings, Workload::Running, "").unwrap();
+    assert_eq!(
+        uri_secret(&c),
+        ("shared-mongodb".into(), "connection-string".into())
+    );
+    // Persistence off: no MongoDB at all, default or not.
+    let e = fixture("websocket-no-persistence.yaml");
+    let c = children::build(&e, &settings, Workload::Running, "").unwrap();
+    assert!(c.mongodb.is_none() && pod(&c.trader).containers[0].env.is_none());
+}
+
+#[test]
+fn isolation_admits_only_the_experiment_the_operator_and_scrapers() {
+    let e = fixture("udp-managed-mongodb.yaml");
+    assert!(
+        build(&e, Workload::Running).network_policy.is_none(),
+        "off unless the operator is told"
+    );
+    let settings = ChildSettings {
+        network_policy: Some(IsolationSettings {
+            operator_namespace: "ticklab-system".into(),
+            metrics_namespace_labels: BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                "monitoring".to_string(),
+            )]),
+        }),
+        ..ChildSettings::default()
+    };
+    let c = children::build(&e, &settings, Workload::Running, "s3cret").unwrap();
+    let policy = c.network_policy.clone().unwrap();
+    assert_eq!(policy.metadata.name.as_deref(), Some("udp-lab-isolation"));
+    assert_eq!(
+        policy.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "LatencyExperiment"
+    );
+    let spec = policy.spec.unwrap();
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..])
+    );
+
+    // The policy covers every pod of the experiment, MongoDB's included.
+    let selects = |labels: &BTreeMap<String, String>| {
+        spec.pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    };
+    let template_labels = |d: &Deployment| {
+        d.spec
+            .clone()
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap()
+    };
+    let mongodb = c.mongodb.as_ref().unwrap();
+    assert!(selects(&template_labels(&c.exchange)));
+    assert!(selects(&template_labels(&c.trader)));
+    assert!(selects(
+        &mongodb
+            .statefulset
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap()
+    ));
+
+    let rules = spec.ingress.unwrap();
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    // 1: the experiment's own pods, every port (feed, retransmission, orders, MongoDB).
+    let own = &rules[0];
+    assert!(own.ports.is_none());
+    let peer = &own.from.as_ref().unwrap()[0];
+    assert!(peer.namespace_selector.is_none(), "same namespace only");
+    assert_eq!(
+        peer.pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["ticklab.dev/experiment"],
+        "udp-lab"
+    );
+    // 2: the operator's pods in its namespace, the trader's results port only.
+    let operator = &rules[1];
+    let peer = &operator.from.as_ref().unwrap()[0];
+    assert_eq!(
+        peer.namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["kubernetes.io/metadata.name"],
+        "ticklab-system"
+    );
+    let operator_labels = peer
+        .pod_selector
+        .as_ref()
+        .unwrap()
+        .match_labels
+        .clone()
+        .unwrap();
+    assert_eq!(
+        operator_labels,
+        children::OPERATOR_POD_LABELS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>()
+    );
+    let ports = |rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+        rule.ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.port.clone().unwrap())
+            .collect::<Vec<_>>()
+    };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int;
+    assert_eq!(ports(operator), vec![Int(9190)]);
+    // 3: scrapers from the monitoring namespaces, the admin ports only.
+    let scrapers = &rules[2];
+    assert_eq!(ports(scrapers), vec![Int(9090), Int(9190)]);
+    let peer = &scrapers.from.as_ref().unwrap()[0];
+    assert!(peer.pod_selector.is_none());
+    assert_eq!(
+        peer.namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
 }
