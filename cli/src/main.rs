@@ -35,9 +35,10 @@ enum Command {
     Exchange(serve::ServeArgs),
     /// Run the trader service from a rendered configuration (as in a pod).
     Trader(serve::ServeArgs),
-    /// Check an experiment file without running it.
+    /// Check a manifest the way the API server would, without running it: every
+    /// LatencyExperiment, RecordingSession and MirrorSession in the file.
     Validate {
-        /// LatencyExperiment YAML.
+        /// YAML with one or more ticklab resources (`---` separated).
         file: PathBuf,
     },
 }
@@ -127,13 +128,16 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Validate { file } => match ticklab_crd::load_experiment(&file) {
-            Ok(e) => {
-                println!(
-                    "{}: valid LatencyExperiment {:?}",
-                    file.display(),
-                    e.metadata.name.unwrap_or_default()
-                );
+        Command::Validate { file } => match ticklab_crd::load_manifests(&file) {
+            Ok(manifests) => {
+                for manifest in manifests {
+                    println!(
+                        "{}: valid {} {:?}",
+                        file.display(),
+                        manifest.kind(),
+                        manifest.name()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -274,7 +274,7 @@ fn port_in_use_is_named() {
 }
 
 #[test]
-fn quickstart_example_is_valid() {
+fn every_example_manifest_is_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
     for entry in std::fs::read_dir(root).unwrap() {
         let path = entry.unwrap().path();

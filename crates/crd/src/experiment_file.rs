@@ -1,14 +1,18 @@
-//! Reads a `LatencyExperiment` from YAML outside a cluster (`ticklab run`), applying
-//! what the API server would: the CRD's OpenAPI schema (bounds, enums, patterns),
+//! Reads a `LatencyExperiment` from YAML outside a cluster (`ticklab run`), and every
+//! ticklab resource of a multi-document manifest (`ticklab validate`), applying what
+//! the API server would: the CRD's OpenAPI schema (bounds, enums, patterns),
 //! unknown-field rejection, and the rules no schema expresses. Every error names the
-//! file and the field.
+//! file (and document) and the field.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube::CustomResourceExt;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::latency_experiment::{LatencyExperiment, LatencyExperimentSpec};
+use crate::{MirrorSession, RecordingSession};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentFileError {
@@ -42,64 +46,168 @@ pub fn parse_experiment(
     text: &str,
     origin: &str,
 ) -> Result<LatencyExperiment, ExperimentFileError> {
-    let invalid = |field: &str, problem: String| ExperimentFileError::Invalid {
-        origin: origin.to_string(),
-        field: field.to_string(),
-        problem,
-    };
     let value: serde_json::Value =
         serde_yaml::from_str(text).map_err(|e| ExperimentFileError::Yaml {
             origin: origin.to_string(),
             message: e.to_string(),
         })?;
+    match parse_resource(&value, origin, &["LatencyExperiment"])? {
+        Manifest::Experiment(experiment) => Ok(experiment),
+        Manifest::Recording(_) | Manifest::Mirror(_) => {
+            Err(invalid(origin, "kind", "must be LatencyExperiment".into()))
+        }
+    }
+}
+
+/// One ticklab resource of a manifest file.
+#[derive(Clone, Debug)]
+pub enum Manifest {
+    Experiment(LatencyExperiment),
+    Recording(RecordingSession),
+    Mirror(MirrorSession),
+}
+
+impl Manifest {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Manifest::Experiment(_) => "LatencyExperiment",
+            Manifest::Recording(_) => "RecordingSession",
+            Manifest::Mirror(_) => "MirrorSession",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        let meta = match self {
+            Manifest::Experiment(r) => &r.metadata,
+            Manifest::Recording(r) => &r.metadata,
+            Manifest::Mirror(r) => &r.metadata,
+        };
+        meta.name.as_deref().unwrap_or_default()
+    }
+}
+
+/// Reads and validates every document of a manifest file (`---` separated), each a
+/// LatencyExperiment, RecordingSession or MirrorSession.
+pub fn load_manifests(path: &Path) -> Result<Vec<Manifest>, ExperimentFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ExperimentFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_manifests(&text, &path.display().to_string())
+}
+
+/// Parses and validates every document of `text`; errors name the document when
+/// there is more than one. Empty documents are skipped; a file with none is an error.
+pub fn parse_manifests(text: &str, origin: &str) -> Result<Vec<Manifest>, ExperimentFileError> {
+    let mut documents = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value =
+            serde_json::Value::deserialize(document).map_err(|e| ExperimentFileError::Yaml {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?;
+        documents.push(value);
+    }
+    let numbered = documents.len() > 1;
+    let mut manifests = Vec::new();
+    for (i, value) in documents.iter().enumerate() {
+        if value.is_null() {
+            continue;
+        }
+        let origin = if numbered {
+            format!("{origin} (document {})", i + 1)
+        } else {
+            origin.to_string()
+        };
+        manifests.push(parse_resource(
+            value,
+            &origin,
+            &["LatencyExperiment", "RecordingSession", "MirrorSession"],
+        )?);
+    }
+    if manifests.is_empty() {
+        return Err(invalid(origin, "kind", "no resource in the file".into()));
+    }
+    Ok(manifests)
+}
+
+fn invalid(origin: &str, field: &str, problem: String) -> ExperimentFileError {
+    ExperimentFileError::Invalid {
+        origin: origin.to_string(),
+        field: field.to_string(),
+        problem,
+    }
+}
+
+/// Validates one resource whose kind is one of `kinds`.
+fn parse_resource(
+    value: &serde_json::Value,
+    origin: &str,
+    kinds: &[&str],
+) -> Result<Manifest, ExperimentFileError> {
     let expected_api = format!("{}/{}", crate::GROUP, crate::VERSION);
     match value.get("apiVersion").and_then(|v| v.as_str()) {
         Some(api) if api == expected_api => {}
         other => {
             return Err(invalid(
+                origin,
                 "apiVersion",
                 format!("must be {expected_api}, got {}", describe(other)),
             ));
         }
     }
-    match value.get("kind").and_then(|v| v.as_str()) {
-        Some("LatencyExperiment") => {}
-        other => {
-            return Err(invalid(
-                "kind",
-                format!("must be LatencyExperiment, got {}", describe(other)),
-            ));
-        }
-    }
+    let kind = value.get("kind").and_then(|v| v.as_str());
+    let Some(kind) = kind.filter(|k| kinds.contains(k)) else {
+        return Err(invalid(
+            origin,
+            "kind",
+            format!("must be {}, got {}", kinds.join(" or "), describe(kind)),
+        ));
+    };
     if value
         .pointer("/metadata/name")
         .and_then(|v| v.as_str())
         .is_none_or(str::is_empty)
     {
-        return Err(invalid("metadata.name", "is required".into()));
+        return Err(invalid(origin, "metadata.name", "is required".into()));
     }
+    match kind {
+        "LatencyExperiment" => {
+            let experiment: LatencyExperiment = checked(value, origin)?;
+            check_name(experiment.metadata.name.as_deref().unwrap_or_default())
+                .map_err(|problem| invalid(origin, "metadata.name", problem))?;
+            check_rules(&experiment.spec)
+                .map_err(|(field, problem)| invalid(origin, &field, problem))?;
+            Ok(Manifest::Experiment(experiment))
+        }
+        "RecordingSession" => Ok(Manifest::Recording(checked(value, origin)?)),
+        _ => Ok(Manifest::Mirror(checked(value, origin)?)),
+    }
+}
+
+/// Structure first (unknown or missing fields, wrong types, unknown symbols): serde
+/// names the offending key; then the bounds and patterns of the kind's schema.
+fn checked<K>(value: &serde_json::Value, origin: &str) -> Result<K, ExperimentFileError>
+where
+    K: CustomResourceExt + DeserializeOwned,
+{
     let Some(spec) = value.get("spec") else {
-        return Err(invalid("spec", "is required".into()));
+        return Err(invalid(origin, "spec", "is required".into()));
     };
-    // Structure first (unknown or missing fields, wrong types, unknown symbols):
-    // serde names the offending key; then the schema's bounds and patterns.
-    let experiment: LatencyExperiment = serde_path_to_error::deserialize(&value)
-        .map_err(|e| invalid(&e.path().to_string(), e.inner().to_string()))?;
-    check_schema(spec).map_err(|(field, problem)| invalid(&field, problem))?;
-    check_name(experiment.metadata.name.as_deref().unwrap_or_default())
-        .map_err(|problem| invalid("metadata.name", problem))?;
-    check_rules(&experiment.spec).map_err(|(field, problem)| invalid(&field, problem))?;
-    Ok(experiment)
+    let resource: K = serde_path_to_error::deserialize(value)
+        .map_err(|e| invalid(origin, &e.path().to_string(), e.inner().to_string()))?;
+    check_schema::<K>(spec).map_err(|(field, problem)| invalid(origin, &field, problem))?;
+    Ok(resource)
 }
 
 fn describe(v: Option<&str>) -> String {
     v.map_or_else(|| "nothing".to_string(), |s| format!("{s:?}"))
 }
 
-/// Validates `spec` against the schema the CRD publishes, so local runs reject what
-/// the API server rejects.
-fn check_schema(spec: &serde_json::Value) -> Result<(), (String, String)> {
-    let crd = LatencyExperiment::crd();
+/// Validates `spec` against the schema the kind's CRD publishes, so local runs reject
+/// what the API server rejects.
+fn check_schema<K: CustomResourceExt>(spec: &serde_json::Value) -> Result<(), (String, String)> {
+    let crd = K::crd();
     let schema = crd
         .spec
         .versions
@@ -313,6 +421,70 @@ spec:
         );
         let e = error_of(&yaml);
         assert!(e.contains("stratgy"), "{e}");
+    }
+
+    #[test]
+    fn every_document_of_a_manifest_is_validated_and_errors_name_the_document() {
+        let recording = r#"
+apiVersion: ticklab.dev/v1alpha1
+kind: RecordingSession
+metadata:
+  name: rec
+spec:
+  experiment: quick
+  enabled: false
+"#;
+        let mirror = r#"
+apiVersion: ticklab.dev/v1alpha1
+kind: MirrorSession
+metadata:
+  name: mirror
+spec:
+  experiment: quick
+  filter: [{direction: ingress, protocol: udp, ports: [9100]}]
+"#;
+        let text = format!("{GOOD}---\n{recording}---\n{mirror}---\n");
+        let manifests = parse_manifests(&text, "x.yaml").unwrap();
+        let kinds: Vec<_> = manifests.iter().map(|m| (m.kind(), m.name())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("LatencyExperiment", "quick"),
+                ("RecordingSession", "rec"),
+                ("MirrorSession", "mirror")
+            ]
+        );
+        let Manifest::Recording(r) = &manifests[1] else {
+            panic!("{manifests:?}")
+        };
+        assert!(!r.spec.enabled);
+
+        let bad = text.replace("enabled: false", "enabled: false\n  storage: lots");
+        let e = parse_manifests(&bad, "x.yaml").unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml (document 2): spec.storage"), "{e}");
+        let bad = text.replace("direction: ingress", "direction: sideways");
+        let e = parse_manifests(&bad, "x.yaml").unwrap_err().to_string();
+        assert!(e.contains("document 3") && e.contains("sideways"), "{e}");
+        let bad = text.replace("ratePerSecond: 10000", "ratePerSecond: 0");
+        let e = parse_manifests(&bad, "x.yaml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.yaml (document 1): spec.exchange.ratePerSecond"),
+            "{e}"
+        );
+        let e = parse_manifests("---\n", "x.yaml").unwrap_err().to_string();
+        assert!(e.contains("no resource"), "{e}");
+        // One document: no numbering; `run` still takes only an experiment.
+        let e = parse_manifests(recording, "x.yaml")
+            .map(|m| m.len())
+            .unwrap();
+        assert_eq!(e, 1);
+        let e = parse_experiment(recording, "x.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("must be LatencyExperiment, got \"RecordingSession\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub mod recording_session;
 pub mod results;
 
 pub use experiment_file::{
-    ExperimentFileError, load_experiment, parse_experiment, validate_experiment,
+    ExperimentFileError, Manifest, load_experiment, load_manifests, parse_experiment,
+    parse_manifests, validate_experiment,
 };
 pub use instruments::{Instrument, InstrumentProfile};
 pub use latency_experiment::*;
