@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts or stops a real Kubernetes control plane on loopback for the operator tests:
-# etcd, kube-apiserver (RBAC on, CEL validation, server-side apply), kube-controller-
+# etcd, kube-apiserver (RBAC on, CEL validation, server-side apply, Pod Security
+# admission, owner-reference permission enforcement), kube-controller-
 # manager (garbage collector, Deployments -> ReplicaSets -> Pods, StatefulSets),
 # kube-scheduler, and kwok, which plays the kubelet for two fake nodes so scheduled
 # pods become Running and Ready. No container runs: pods exist only as API objects.
@@ -134,6 +135,7 @@ start() {
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$state/pki/sa.pub" --service-account-signing-key-file "$state/pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --enable-admission-plugins=OwnerReferencesPermissionEnforcement \
     --enable-priority-and-fairness=false --profiling=false
   local ready=""
   for _ in $(seq 1 300); do

@@ -42,14 +42,23 @@ pub async fn client() -> Client {
 /// Installs (or updates) ticklab's CRDs from the Rust types and waits until the API
 /// server serves them. Idempotent: every test calls it.
 pub async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [
-        LatencyExperiment::crd(),
-        RecordingSession::crd(),
-        MirrorSession::crd(),
-    ] {
+    apply_crds(
+        client,
+        vec![
+            LatencyExperiment::crd(),
+            RecordingSession::crd(),
+            MirrorSession::crd(),
+        ],
+    )
+    .await;
+}
+
+/// Applies `crds` (server-side) and waits until each is Established.
+pub async fn apply_crds(client: &Client, crds: Vec<CustomResourceDefinition>) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds {
         let name = crd.name_any();
-        crds.patch(
+        api.patch(
             &name,
             &PatchParams::apply("ticklab-tests").force(),
             &Patch::Apply(&crd),
@@ -60,10 +69,10 @@ pub async fn install_crds(client: &Client) {
             &format!("CRD {name} Established"),
             Duration::from_secs(30),
             || {
-                let crds = crds.clone();
+                let api = api.clone();
                 let name = name.clone();
                 async move {
-                    let crd = crds.get(&name).await.ok()?;
+                    let crd = api.get(&name).await.ok()?;
                     crd.status?
                         .conditions?
                         .iter()
@@ -117,14 +126,20 @@ where
     }
 }
 
+/// kubectl of the test control plane (built with it; its directory is recorded
+/// next to the kubeconfig).
+pub fn kubectl() -> Option<PathBuf> {
+    let bin = std::fs::read_to_string(kubeconfig().with_file_name("bin-dir")).ok()?;
+    Some(PathBuf::from(bin.trim()).join("kubectl"))
+}
+
 fn dump_namespace(ns: &str) {
-    let kubectl = kubeconfig().with_file_name("bin-dir");
-    let Ok(bin) = std::fs::read_to_string(kubectl) else {
+    let Some(kubectl) = kubectl() else {
         return;
     };
-    let output = Command::new(format!("{}/kubectl", bin.trim()))
+    let output = Command::new(kubectl)
         .args(["--kubeconfig", kubeconfig().to_str().unwrap(), "-n", ns])
-        .args(["get", "latencyexperiments,deployments,replicasets,statefulsets,pods,services,configmaps,secrets,events", "-o", "wide"])
+        .args(["get", "latencyexperiments,deployments,replicasets,statefulsets,pods,services,configmaps,secrets,networkpolicies,leases,events", "-o", "wide"])
         .output();
     if let Ok(output) = output {
         eprintln!(
@@ -173,25 +188,40 @@ pub struct Operator {
 impl Operator {
     pub fn start(namespace: &str, identity: &str, extra: &[&str]) -> Self {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut args: Vec<String> = [
+            "--namespace",
+            namespace,
+            "--admin-listen",
+            &admin.to_string(),
+            "--identity",
+            identity,
+            "--lease-seconds",
+            "3",
+            "--log-format",
+            "text",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.extend(extra.iter().map(ToString::to_string));
+        Self::spawn(&kubeconfig(), &args, &[], admin, identity)
+    }
+
+    /// Runs the operator with exactly `args` (it must listen on `admin`), as the
+    /// user of `kubeconfig`, with `env` added.
+    pub fn spawn(
+        kubeconfig: &std::path::Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        admin: SocketAddr,
+        identity: &str,
+    ) -> Self {
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ticklab-operator"))
-            .env("KUBECONFIG", kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
-            .args([
-                "--namespace",
-                namespace,
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .args([
-                "--identity",
-                identity,
-                "--lease-seconds",
-                "3",
-                "--log-format",
-                "text",
-            ])
-            .args(extra)
+            .envs(env.iter().copied())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
