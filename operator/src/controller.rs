@@ -80,8 +80,11 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
+/// Every value of [`Error::kind`]: the failure metric starts each at zero.
+pub const ERROR_KINDS: [&str; 5] = ["invalid_spec", "build", "conflict", "api", "transport"];
+
 impl Error {
-    /// Low-cardinality label for the failure metric.
+    /// Low-cardinality label for the failure metric (one of [`ERROR_KINDS`]).
     pub fn kind(&self) -> &'static str {
         match self {
             Error::InvalidSpec { .. } => "invalid_spec",

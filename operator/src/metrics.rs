@@ -81,6 +81,9 @@ impl OperatorMetrics {
         // as an absent series.
         reconciliations.with_label_values(&["latencyexperiment"]);
         duration.with_label_values(&["latencyexperiment"]);
+        for kind in crate::controller::ERROR_KINDS {
+            failures.with_label_values(&["latencyexperiment", kind]);
+        }
         for phase in PHASES {
             experiments.with_label_values(&[&format!("{phase:?}")]);
         }

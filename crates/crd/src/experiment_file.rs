@@ -59,8 +59,10 @@ pub fn parse_experiment(
     }
 }
 
-/// One ticklab resource of a manifest file.
+/// One ticklab resource of a manifest file (a handful per file: boxing the larger
+/// variant would buy nothing).
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Manifest {
     Experiment(LatencyExperiment),
     Recording(RecordingSession),
