@@ -615,3 +615,140 @@ fn rand_suffix() -> u32 {
         .subsec_nanos()
         ^ std::process::id()
 }
+
+/// What Grafana needs to load the dashboards the way they are meant (no Prometheus
+/// needed): a unique uid and title, a `datasource` variable that every panel, target
+/// and query variable uses (so they follow whichever Prometheus the user picks),
+/// unique panel ids, unique refIds per panel, panels inside the 24-column grid and
+/// not on top of one another, units on every panel that plots values.
+#[test]
+fn dashboards_are_well_formed_for_grafana() {
+    let dir = repo().join("charts/ticklab/dashboards");
+    let mut uids = BTreeSet::new();
+    let mut titles = BTreeSet::new();
+    let mut problems = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 3,
+        "experiment, overview and operator dashboards"
+    );
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
+        let mut problem = |p: String| problems.push(format!("{name}: {p}"));
+        let uid = d["uid"].as_str().unwrap_or_default();
+        if uid.is_empty() || uid.len() > 40 || !uids.insert(uid.to_string()) {
+            problem(format!("uid {uid:?} missing, longer than 40 or not unique"));
+        }
+        if !titles.insert(d["title"].as_str().unwrap_or_default().to_string()) {
+            problem("title missing or not unique".into());
+        }
+        if d["schemaVersion"].as_u64().unwrap_or(0) < 39 {
+            problem("schemaVersion below 39 (Grafana 10.4)".into());
+        }
+        let variables = d["templating"]["list"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !variables.iter().any(|v| {
+            v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"
+        }) {
+            problem("no `datasource` variable of type prometheus".into());
+        }
+        for v in variables.iter().filter(|v| v["type"] == "query") {
+            if v["datasource"]["uid"] != "${datasource}" {
+                problem(format!(
+                    "variable {} does not use ${{datasource}}",
+                    v["name"]
+                ));
+            }
+        }
+
+        let mut ids = BTreeSet::new();
+        let mut cells: BTreeMap<(u64, u64), String> = BTreeMap::new();
+        let panels = d["panels"].as_array().cloned().unwrap_or_default();
+        assert!(!panels.is_empty(), "{name}: no panels");
+        for panel in &panels {
+            let title = panel["title"].as_str().unwrap_or_default().to_string();
+            if !ids.insert(panel["id"].as_u64().unwrap_or(0)) || panel["id"].as_u64().is_none() {
+                problem(format!("panel {title:?}: id missing or not unique"));
+            }
+            let g = &panel["gridPos"];
+            let (x, y, w, h) = (
+                g["x"].as_u64().unwrap_or(99),
+                g["y"].as_u64().unwrap_or(0),
+                g["w"].as_u64().unwrap_or(0),
+                g["h"].as_u64().unwrap_or(0),
+            );
+            if w == 0 || h == 0 || x + w > 24 {
+                problem(format!(
+                    "panel {title:?}: gridPos {g} outside the 24-column grid"
+                ));
+            }
+            let mut overlapped = BTreeSet::new();
+            for cx in x..x + w {
+                for cy in y..y + h {
+                    if let Some(other) = cells.insert((cx, cy), title.clone()) {
+                        overlapped.insert(other);
+                    }
+                }
+            }
+            for other in overlapped {
+                problem(format!("panel {title:?} overlaps {other:?}"));
+            }
+            if panel["type"] == "row" {
+                continue;
+            }
+            if panel["description"].as_str().unwrap_or_default().is_empty() {
+                problem(format!(
+                    "panel {title:?}: no description (what it shows, how it is measured)"
+                ));
+            }
+            if panel["datasource"]["uid"] != "${datasource}" {
+                problem(format!(
+                    "panel {title:?}: datasource is not ${{datasource}}"
+                ));
+            }
+            let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+            if targets.is_empty() {
+                problem(format!("panel {title:?}: no queries"));
+            }
+            let mut refs = BTreeSet::new();
+            for t in &targets {
+                if !refs.insert(t["refId"].as_str().unwrap_or_default().to_string()) {
+                    problem(format!("panel {title:?}: refId missing or repeated"));
+                }
+                if t["datasource"]["uid"] != "${datasource}" {
+                    problem(format!(
+                        "panel {title:?}: a query's datasource is not ${{datasource}}"
+                    ));
+                }
+                if let Err(e) = parser::parse(&substitute(
+                    t["expr"].as_str().unwrap_or_default(),
+                    &BTreeMap::from([
+                        ("namespace".to_string(), "ns".to_string()),
+                        ("experiment".to_string(), "exp".to_string()),
+                    ]),
+                )) {
+                    problem(format!("panel {title:?}: query does not parse: {e}"));
+                }
+            }
+            let plots_values = matches!(panel["type"].as_str(), Some("timeseries" | "stat"));
+            if plots_values && panel["fieldConfig"]["defaults"]["unit"].as_str().is_none() {
+                problem(format!("panel {title:?}: no unit"));
+            }
+            if panel["type"] == "heatmap" && targets.iter().any(|t| t["format"] != "heatmap") {
+                problem(format!(
+                    "panel {title:?}: heatmap query not in heatmap format"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -86,6 +86,7 @@ impl OperatorMetrics {
         }
         for phase in PHASES {
             experiments.with_label_values(&[&format!("{phase:?}")]);
+            phase_transitions.with_label_values(&[&format!("{phase:?}")]);
         }
         Ok(Self {
             reconciliations,
