@@ -404,8 +404,14 @@ async fn chart_with_every_feature_installs_and_its_operator_reconciles_with_only
         .await
         .unwrap();
         assert_eq!(
-            pod_monitor.data["metadata"]["labels"]["release"],
-            "kube-prometheus-stack"
+            pod_monitor
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("release"))
+                .map(String::as_str),
+            Some("kube-prometheus-stack"),
+            "the PodMonitor carries the label kube-prometheus-stack selects"
         );
         let rule = dynamic(
             &client,
