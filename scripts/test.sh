@@ -3,8 +3,10 @@
 # tests need (tools are built once and cached outside the repo, by version), starts a
 # MongoDB-wire server (FerretDB) for the persistence tests and a real Kubernetes
 # control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) for the
-# operator tests, then checks formatting, lints, runs the whole test suite and a
-# short fuzzing pass. Nothing is skipped.
+# operator and Helm tests, then checks formatting, lints, the Helm chart (helm lint,
+# kubeconform, promtool), runs the whole test suite (a real Prometheus included),
+# builds the container image with buildah and runs it, and a short fuzzing pass.
+# Nothing is skipped.
 #
 #   scripts/test.sh                 everything
 #   FUZZ_SECONDS=300 scripts/test.sh  fuzz longer
@@ -34,6 +36,10 @@ TICKLAB_TEST_MONGODB_URI="$(scripts/mongo-wire-server.sh start "$port" "$state" 
 export TICKLAB_TEST_MONGODB_URI
 echo "MongoDB-wire server at $TICKLAB_TEST_MONGODB_URI" >&2
 
+step "packaging tools: Helm, kubeconform, schemas (built once from pinned modules)"
+TICKLAB_TEST_PACKAGING_TOOLS="$(scripts/tools/packaging.sh | tail -n 1)"
+export TICKLAB_TEST_PACKAGING_TOOLS
+
 step "Kubernetes control plane (built once from pinned Go modules)"
 TICKLAB_TEST_KUBECONFIG="$(scripts/control-plane.sh start "$cluster" | tail -n 1)"
 export TICKLAB_TEST_KUBECONFIG
@@ -54,8 +60,15 @@ fi
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "Helm chart, alert rules, example manifests"
+scripts/check-chart.sh
+
 step "tests"
 cargo test --workspace --locked
+
+step "container image (buildah), and ticklab --version from it"
+scripts/image.sh build
+scripts/image.sh check
 
 step "fuzz (${FUZZ_SECONDS:-15}s per target)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
