@@ -5,7 +5,8 @@
 #   project ships (Kubernetes schemas of the release the tests run, ticklab's own CRD
 #   schemas, the prometheus-operator CRDs); the committed rendering of the chart is
 #   current; promtool checks the rules and runs their unit tests; the examples in
-#   manifests/ validate against ticklab's CRD schemas.
+#   manifests/ validate against ticklab's CRD schemas; kind-config.yaml loads and
+#   validates with kind's own code and maps the ports the quickstart uses.
 # The chart installed into a real control plane, and every PromQL expression run
 # against a real Prometheus, are Rust tests (operator/tests/helm.rs,
 # cli/tests/observability.rs).
@@ -75,5 +76,30 @@ done
 
 log "example manifests against ticklab's CRD schemas"
 kubeconform_strict manifests/examples/*.yaml >&2 || die "invalid example manifests"
+
+log "kind-config.yaml with kind's own loader and validation"
+kind_cluster="$("$tools/bin/kind-config-check" kind-config.yaml)" || die "kind-config.yaml is not a valid kind configuration"
+# What the README's kind quickstart relies on: two workers for cross-node
+# experiments, Grafana and Prometheus NodePorts reachable on localhost:3000 and :9090.
+python3 - "$kind_cluster" manifests/kind/monitoring-values.yaml <<'PY' || die "kind-config.yaml does not fit the quickstart"
+import json, sys, yaml
+cluster = json.loads(sys.argv[1])
+values = yaml.safe_load(open(sys.argv[2]))
+roles = [n["role"] for n in cluster["nodes"]]
+problems = []
+if roles.count("control-plane") != 1 or roles.count("worker") != 2:
+    problems.append(f"nodes {roles}: the quickstart cluster is one control plane and two workers")
+mapped = {p["containerPort"]: p for n in cluster["nodes"] if n["role"] == "control-plane" for p in n["ports"]}
+for name, host_port in (("grafana", 3000), ("prometheus", 9090)):
+    node_port = values[name]["service"]["nodePort"]
+    mapping = mapped.get(node_port)
+    if mapping is None:
+        problems.append(f"{name}'s NodePort {node_port} ({sys.argv[2]}) is not mapped to the host")
+    elif (mapping["hostPort"], mapping["listenAddress"]) != (host_port, "127.0.0.1"):
+        problems.append(f"{name}'s NodePort {node_port} is mapped to {mapping['listenAddress']}:{mapping['hostPort']}, not 127.0.0.1:{host_port}")
+for problem in problems:
+    print(f"kind-config.yaml: {problem}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
 
 log "all chart checks passed"

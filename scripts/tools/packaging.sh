@@ -3,25 +3,28 @@
 # kubeconform built from pinned Go modules, the Kubernetes JSON schemas kubeconform
 # validates against (from the pinned PyPI package kubernetes-validate, which ships
 # them), and the prometheus-operator CRDs (ServiceMonitor, PodMonitor,
-# PrometheusRule) from that project's pinned Go module. Prints the directory.
+# PrometheusRule) from that project's pinned Go module, and kind-config-check (kind's
+# own config loader and validation, from kind's pinned module). Prints the directory.
 #
-#   DIR/bin/helm, DIR/bin/kubeconform
+#   DIR/bin/helm, DIR/bin/kubeconform, DIR/bin/kind-config-check
 #   DIR/schemas/kubernetes/vX.Y.Z-local-strict/*.json   core kinds, strict
 #   DIR/crds/monitoring/*.yaml                           prometheus-operator CRDs
 #   DIR/openapi2jsonschema.py                            kubeconform's CRD converter
 set -euo pipefail
 # shellcheck source=scripts/tools/lib.sh
 . "$(dirname "$0")/lib.sh"
+here="$(cd "$(dirname "$0")" && pwd)"
 
 helm_version="v4.3.1"
 kubeconform_version="v0.8.0"
 kubernetes_validate_version="1.37.0"
 schema_kube_version="v1.34.0"     # the Kubernetes minor the test control plane runs
 prometheus_operator_version="v0.85.0"
-dir="$TICKLAB_TOOLS/packaging-helm-$helm_version-kubeconform-$kubeconform_version-schemas-$schema_kube_version-promop-$prometheus_operator_version"
+kind_version="v0.33.0"
+dir="$TICKLAB_TOOLS/packaging-helm-$helm_version-kubeconform-$kubeconform_version-schemas-$schema_kube_version-promop-$prometheus_operator_version-kind-$kind_version"
 
 complete() {
-  [ -x "$dir/bin/helm" ] && [ -x "$dir/bin/kubeconform" ] &&
+  [ -x "$dir/bin/helm" ] && [ -x "$dir/bin/kubeconform" ] && [ -x "$dir/bin/kind-config-check" ] &&
     [ -f "$dir/schemas/kubernetes/$schema_kube_version-local-strict/_definitions.json" ] &&
     [ -f "$dir/crds/monitoring/monitoring.coreos.com_prometheusrules.yaml" ] &&
     [ -f "$dir/openapi2jsonschema.py" ] && python3 -c 'import yaml' 2>/dev/null
@@ -33,7 +36,7 @@ fi
 need_cmd go
 need_cmd python3
 need_cmd unzip
-log "installing Helm $helm_version, kubeconform $kubeconform_version, Kubernetes $schema_kube_version schemas and prometheus-operator $prometheus_operator_version CRDs (once; cached in $dir)"
+log "installing Helm $helm_version, kubeconform $kubeconform_version, kind $kind_version config check, Kubernetes $schema_kube_version schemas and prometheus-operator $prometheus_operator_version CRDs (once; cached in $dir)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -55,6 +58,15 @@ module_dir() {
 }
 cp "$(module_dir github.com/yannh/kubeconform "$kubeconform_version")/scripts/openapi2jsonschema.py" "$dir/"
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet "pyyaml==6.0.3"
+
+# kind's config packages are internal to its module: our check is compiled inside
+# a copy of it (the source is scripts/tools/kind-config-check/main.go).
+log "  kind-config-check (kind $kind_version)"
+cp -r "$(module_dir sigs.k8s.io/kind "$kind_version")" "$work/kind"
+chmod -R u+w "$work/kind"
+mkdir -p "$work/kind/pkg/ticklab-kind-config-check"
+cp "$here/kind-config-check/main.go" "$work/kind/pkg/ticklab-kind-config-check/"
+(cd "$work/kind" && go build -trimpath -ldflags "-s -w" -o "$dir/bin/kind-config-check" ./pkg/ticklab-kind-config-check)
 
 log "  prometheus-operator CRDs"
 mkdir -p "$dir/crds/monitoring"
