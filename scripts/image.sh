@@ -81,10 +81,17 @@ build() {
   log "root filesystem in $rootfs: $(du -sh "$rootfs" | cut -f1)"
   local build_args=(--target prebuilt -f Containerfile
     --build-arg "VERSION=$version" --build-arg "SOURCE=$(workspace_field repository)" -t "$tag")
+  local previous=""
+  [ "$builder" = buildah ] && previous="$(bah images --quiet --no-trunc "$tag" 2>/dev/null | head -n 1 || true)"
   case "$builder" in
     buildah) bah bud --isolation "$BUILDAH_ISOLATION" "${build_args[@]}" . >&2 ;;
     docker) docker build "${build_args[@]}" . >&2 ;;
   esac
+  # The image this tag named before, now untagged: 47 MB more on every rebuild
+  # otherwise (vfs stores each image in full). Kept if a container still uses it.
+  if [ -n "$previous" ] && [ "$previous" != "$(bah images --quiet --no-trunc "$tag" | head -n 1)" ]; then
+    bah rmi "$previous" >/dev/null 2>&1 || true
+  fi
   case "$builder" in
     buildah) size="$(bah images --format '{{.Size}}' "$tag" | head -n 1)" ;;
     docker) size="$(docker image inspect -f '{{.Size}}' "$tag" | awk '{ printf "%.1f MB", $1 / 1e6 }')" ;;
