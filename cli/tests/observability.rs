@@ -455,11 +455,8 @@ fn alert_rules() -> Vec<(String, String)> {
         .collect()
 }
 
-/// One pass over everything; the problems found (empty: all good).
-async fn check_everything(prometheus: &Prometheus) -> (Vec<String>, usize) {
-    let mut failures = Vec::new();
-    let mut checked = 0;
-
+/// The chart's dashboards, in name order.
+fn dashboard_files() -> Vec<PathBuf> {
     let dir = repo().join("charts/ticklab/dashboards");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -468,7 +465,15 @@ async fn check_everything(prometheus: &Prometheus) -> (Vec<String>, usize) {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no dashboards in {}", dir.display());
-    for file in files {
+    files
+}
+
+/// One pass over everything; the problems found (empty: all good).
+async fn check_everything(prometheus: &Prometheus) -> (Vec<String>, usize) {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+
+    for file in dashboard_files() {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let dashboard: Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -623,20 +628,14 @@ fn rand_suffix() -> u32 {
 /// not on top of one another, units on every panel that plots values.
 #[test]
 fn dashboards_are_well_formed_for_grafana() {
-    let dir = repo().join("charts/ticklab/dashboards");
-    let mut uids = BTreeSet::new();
-    let mut titles = BTreeSet::new();
-    let mut problems = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
+    let files = dashboard_files();
     assert!(
         files.len() >= 3,
         "experiment, overview and operator dashboards"
     );
+    let mut uids = BTreeSet::new();
+    let mut titles = BTreeSet::new();
+    let mut problems = Vec::new();
     for file in files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let d: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap())

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use std::collections::BTreeMap;
 use ticklab_crd::{LatencyExperiment, Transport};
 use ticklab_exchange::ExchangeConfig;
@@ -380,31 +380,15 @@ fn isolation_admits_only_the_experiment_the_operator_and_scrapers() {
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
     };
-    let template_labels = |d: &Deployment| {
-        d.spec
-            .clone()
-            .unwrap()
-            .template
-            .metadata
-            .unwrap()
-            .labels
-            .unwrap()
-    };
+    let template_labels = |t: &PodTemplateSpec| t.metadata.clone().unwrap().labels.unwrap();
     let mongodb = c.mongodb.as_ref().unwrap();
-    assert!(selects(&template_labels(&c.exchange)));
-    assert!(selects(&template_labels(&c.trader)));
-    assert!(selects(
-        &mongodb
-            .statefulset
-            .spec
-            .clone()
-            .unwrap()
-            .template
-            .metadata
-            .unwrap()
-            .labels
-            .unwrap()
-    ));
+    for template in [
+        &c.exchange.spec.as_ref().unwrap().template,
+        &c.trader.spec.as_ref().unwrap().template,
+        &mongodb.statefulset.spec.as_ref().unwrap().template,
+    ] {
+        assert!(selects(&template_labels(template)));
+    }
 
     let rules = spec.ingress.unwrap();
     assert_eq!(rules.len(), 3, "{rules:?}");

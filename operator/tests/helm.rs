@@ -86,6 +86,19 @@ impl Release {
         }
     }
 
+    /// The namespace made to enforce the restricted Pod Security Standard, the
+    /// monitoring CRDs present, then `install` with the values file of the chart's
+    /// `ci/` and one `--set`.
+    async fn install_restricted(client: &Client, namespace: &str, values: &str, set: &str) -> Self {
+        enforce_restricted(client, namespace).await;
+        install_monitoring_crds(client).await;
+        let values = chart().join("ci").join(values);
+        Self::install(
+            namespace,
+            &["--values", values.to_str().unwrap(), "--set", set],
+        )
+    }
+
     fn operator_name(&self) -> String {
         format!("{}-ticklab-operator", self.name)
     }
@@ -333,18 +346,13 @@ fn is_subset(small: &BTreeMap<String, String>, big: &BTreeMap<String, String>) -
 #[tokio::test]
 async fn chart_with_every_feature_installs_and_its_operator_reconciles_with_only_its_rbac() {
     with_temp_ns("helm", |client, ns| async move {
-        enforce_restricted(&client, &ns).await;
-        install_monitoring_crds(&client).await;
-        let values = chart().join("ci/all-features-values.yaml");
-        let release = Release::install(
+        let release = Release::install_restricted(
+            &client,
             &ns,
-            &[
-                "--values",
-                values.to_str().unwrap(),
-                "--set",
-                &format!("monitoring.dashboards.namespace={ns}"),
-            ],
-        );
+            "all-features-values.yaml",
+            &format!("monitoring.dashboards.namespace={ns}"),
+        )
+        .await;
         let operator_name = release.operator_name();
 
         // Two operator replicas, admitted under the restricted standard, Ready.
@@ -613,18 +621,13 @@ async fn chart_with_every_feature_installs_and_its_operator_reconciles_with_only
 #[tokio::test]
 async fn namespaced_install_reads_nothing_outside_its_namespace() {
     with_temp_ns("helm-ns", |client, ns| async move {
-        enforce_restricted(&client, &ns).await;
-        install_monitoring_crds(&client).await;
-        let values = chart().join("ci/namespaced-values.yaml");
-        let release = Release::install(
+        let release = Release::install_restricted(
+            &client,
             &ns,
-            &[
-                "--values",
-                values.to_str().unwrap(),
-                "--set",
-                &format!("operator.watchNamespace={ns}"),
-            ],
-        );
+            "namespaced-values.yaml",
+            &format!("operator.watchNamespace={ns}"),
+        )
+        .await;
         let operator_name = release.operator_name();
 
         // A Role in the watched namespace, no ClusterRole, no Lease permissions (one
