@@ -70,6 +70,9 @@ impl LocalPair {
         let feed_stream = free_tcp().context("no free TCP port on 127.0.0.1")?;
         let trader_stop = CancellationToken::new();
         let exchange_stop = CancellationToken::new();
+        // Both registries before anything starts: a failure here has nothing to stop.
+        let trader_registry = ticklab_admin::experiment_registry("trader", name)?;
+        let exchange_registry = ticklab_admin::experiment_registry("exchange", name)?;
 
         let trader_config = TraderConfig {
             experiment: name.to_string(),
@@ -90,13 +93,9 @@ impl LocalPair {
             slo: spec.slo.clone(),
             recovery_timeout_ms: 50,
         };
-        let trader = ticklab_trader::start(
-            trader_config,
-            ticklab_admin::experiment_registry("trader", name)?,
-            trader_stop.clone(),
-        )
-        .await
-        .context("trader")?;
+        let trader = ticklab_trader::start(trader_config, trader_registry, trader_stop.clone())
+            .await
+            .context("trader")?;
 
         let exchange_config = ExchangeConfig {
             experiment: name.to_string(),
@@ -108,14 +107,6 @@ impl LocalPair {
             order_tcp_listen: order_tcp,
             order_http_listen: order_http,
             admin_listen: loopback(options.exchange_port),
-        };
-        let exchange_registry = match ticklab_admin::experiment_registry("exchange", name) {
-            Ok(registry) => registry,
-            Err(e) => {
-                trader_stop.cancel();
-                let _ = trader.join().await;
-                return Err(anyhow::Error::new(e).context("exchange metrics"));
-            }
         };
         match ticklab_exchange::start(exchange_config, exchange_registry, exchange_stop.clone())
             .await

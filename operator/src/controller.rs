@@ -369,7 +369,7 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
     if previous_phase != Some(decision.phase) {
         ctx.metrics
             .phase_transitions
-            .with_label_values(&[&format!("{:?}", decision.phase)])
+            .with_label_values(&[&crate::metrics::phase_label(decision.phase)])
             .inc();
         let (kind, note) = match decision.phase {
             Phase::Pending => (EventType::Normal, "children created; waiting for the workloads to become available".to_string()),
@@ -492,7 +492,7 @@ fn count_phases(metrics: &OperatorMetrics, experiments: &[Arc<LatencyExperiment>
             .count();
         metrics
             .experiments
-            .with_label_values(&[&format!("{phase:?}")])
+            .with_label_values(&[&crate::metrics::phase_label(phase)])
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 }

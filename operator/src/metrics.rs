@@ -18,6 +18,11 @@ pub struct OperatorMetrics {
     pub experiments: IntGaugeVec,
 }
 
+/// The `phase` label value of a phase, the same in every series that carries one.
+pub fn phase_label(phase: Phase) -> String {
+    format!("{phase:?}")
+}
+
 /// Every phase, for gauges that must show zeros rather than missing series.
 pub const PHASES: [Phase; 4] = [
     Phase::Pending,
@@ -85,8 +90,8 @@ impl OperatorMetrics {
             failures.with_label_values(&["latencyexperiment", kind]);
         }
         for phase in PHASES {
-            experiments.with_label_values(&[&format!("{phase:?}")]);
-            phase_transitions.with_label_values(&[&format!("{phase:?}")]);
+            experiments.with_label_values(&[&phase_label(phase)]);
+            phase_transitions.with_label_values(&[&phase_label(phase)]);
         }
         Ok(Self {
             reconciliations,

@@ -137,7 +137,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<TraderHandle> {
     let metrics = TraderMetrics::register(&registry)?;
-    metrics.export_slo(&registry, config.slo.as_ref())?;
+    crate::metrics::register_slo(&registry, config.slo.as_ref())?;
     let admin_state = AdminState::new(registry);
     let services_shutdown = CancellationToken::new();
 

@@ -27,8 +27,6 @@ pub struct TraderMetrics {
     pub persist_dropped: IntCounter,
     pub persist_errors: IntCounter,
     pub persist_queue: IntGauge,
-    pub slo_p99: Gauge,
-    pub slo_max_loss: Gauge,
 }
 
 impl TraderMetrics {
@@ -124,30 +122,34 @@ impl TraderMetrics {
                 "ticklab_trader_persist_queue",
                 "Trades waiting to be written to MongoDB",
             )?,
-            slo_p99: Gauge::new(
-                "ticklab_trader_slo_p99_seconds",
-                "The experiment's SLO bound on p99 one-way feed latency (absent without one)",
-            )?,
-            slo_max_loss: Gauge::new(
-                "ticklab_trader_slo_max_loss_ratio",
-                "The experiment's SLO bound on lost / sent trades, 0-1 (absent without one)",
-            )?,
         })
     }
+}
 
-    /// Exports the experiment's SLO bounds next to what is measured, so alerts and
-    /// dashboards judge each experiment by its own SLO. A bound the SLO does not set
-    /// stays unregistered: an absent series, not a fake zero.
-    pub fn export_slo(&self, registry: &Registry, slo: Option<&SloSpec>) -> prometheus::Result<()> {
-        let Some(slo) = slo else { return Ok(()) };
-        if let Some(p99_micros) = slo.p99_micros {
-            self.slo_p99.set(p99_micros / 1e6);
-            registry.register(Box::new(self.slo_p99.clone()))?;
+/// Exports the experiment's SLO bounds next to what is measured, so alerts and
+/// dashboards judge each experiment by its own SLO. Set once and never changed, so
+/// nothing keeps them; a bound the SLO does not set stays unregistered: an absent
+/// series, not a fake zero.
+pub fn register_slo(registry: &Registry, slo: Option<&SloSpec>) -> prometheus::Result<()> {
+    let Some(slo) = slo else { return Ok(()) };
+    let bounds = [
+        (
+            "ticklab_trader_slo_p99_seconds",
+            "The experiment's SLO bound on p99 one-way feed latency (absent without one)",
+            slo.p99_micros.map(|micros| micros / 1e6),
+        ),
+        (
+            "ticklab_trader_slo_max_loss_ratio",
+            "The experiment's SLO bound on lost / sent trades, 0-1 (absent without one)",
+            slo.max_loss_percent.map(|percent| percent / 100.0),
+        ),
+    ];
+    for (name, help, value) in bounds {
+        if let Some(value) = value {
+            let gauge = Gauge::new(name, help)?;
+            gauge.set(value);
+            registry.register(Box::new(gauge))?;
         }
-        if let Some(percent) = slo.max_loss_percent {
-            self.slo_max_loss.set(percent / 100.0);
-            registry.register(Box::new(self.slo_max_loss.clone()))?;
-        }
-        Ok(())
     }
+    Ok(())
 }
