@@ -146,6 +146,7 @@ pub struct ExchangeStats {
     pub orders_expired: AtomicU64,
     pub orders_rejected: AtomicU64,
     pub subscribers: AtomicU64,
+    pub subscriptions: AtomicU64,
 }
 
 /// The exchange's own account of a run.
@@ -167,6 +168,9 @@ pub struct ExchangeReport {
     pub orders_expired: u64,
     pub orders_rejected: u64,
     pub subscribers: u64,
+    /// UDP subscriptions and keep-alives received.
+    #[serde(default)]
+    pub subscriptions: u64,
 }
 
 impl ExchangeStats {
@@ -188,6 +192,7 @@ impl ExchangeStats {
             orders_expired: l(&self.orders_expired),
             orders_rejected: l(&self.orders_rejected),
             subscribers: l(&self.subscribers),
+            subscriptions: l(&self.subscriptions),
         }
     }
 }
@@ -238,6 +243,13 @@ fn bind_err(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Bind { addr, source }
 }
 
+/// A TCP listener on `addr`, dual-stack for `[::]` (`ticklab_admin::net`).
+fn listen_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    ticklab_admin::net::tcp_listener(addr)
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(bind_err(addr))
+}
+
 /// Binds everything, then starts publishing. Publishing stops when the configured
 /// duration elapses or `shutdown` is cancelled; the servers run until `shutdown`.
 pub async fn start(
@@ -261,14 +273,11 @@ pub async fn start(
 
     // Bind every socket before anything starts.
     let admin_listener = ticklab_admin::bind(config.admin_listen).await?;
-    let retransmit_socket = std::net::UdpSocket::bind(config.retransmit_listen)
-        .map_err(bind_err(config.retransmit_listen))?;
-    let order_tcp = tokio::net::TcpListener::bind(config.order_tcp_listen)
-        .await
-        .map_err(bind_err(config.order_tcp_listen))?;
-    let order_http = tokio::net::TcpListener::bind(config.order_http_listen)
-        .await
-        .map_err(bind_err(config.order_http_listen))?;
+    let retransmit_socket =
+        ticklab_admin::net::bind_udp_socket(config.retransmit_listen, |_| Ok(()))
+            .map_err(bind_err(config.retransmit_listen))?;
+    let order_tcp = listen_tcp(config.order_tcp_listen)?;
+    let order_http = listen_tcp(config.order_http_listen)?;
     let local = |l: &tokio::net::TcpListener, a| l.local_addr().map_err(bind_err(a));
     let mut addrs = ExchangeAddrs {
         feed: None,
@@ -281,7 +290,10 @@ pub async fn start(
     };
 
     let mut tasks = Vec::new();
+    // Woken by the first TCP or WebSocket subscriber, and by the first UDP
+    // subscription; the publisher waits for the one of its transport.
     let first_subscriber = Arc::new(Notify::new());
+    let udp_subscribed = Arc::new(Notify::new());
     let sink = match spec.transport {
         Transport::Udp => {
             let target = config.feed_udp_target.clone().unwrap_or_default();
@@ -319,9 +331,7 @@ pub async fn start(
             FeedSink::Udp(socket.into())
         }
         Transport::Tcp | Transport::Websocket => {
-            let listener = tokio::net::TcpListener::bind(config.feed_listen)
-                .await
-                .map_err(bind_err(config.feed_listen))?;
+            let listener = listen_tcp(config.feed_listen)?;
             addrs.feed = Some(local(&listener, config.feed_listen)?);
             let (tx, _) = broadcast::channel(65_536);
             let subs = Subscribers {
@@ -375,6 +385,7 @@ pub async fn start(
             max_packet_bytes,
             stats: stats.clone(),
             metrics: metrics.clone(),
+            subscribed: udp_subscribed.clone(),
         };
         let stop = services_stop.clone();
         std::thread::Builder::new()
@@ -384,7 +395,6 @@ pub async fn start(
     };
 
     let (finished_tx, finished) = watch::channel(false);
-    let streams = matches!(sink, FeedSink::Streams(_));
     let publisher = Publisher {
         generator,
         clock: ArrivalClock::new(spec.seed, spec.rate_per_second, spec.microbursts.as_ref()),
@@ -404,26 +414,30 @@ pub async fn start(
         duration: config.duration,
         finished: finished_tx,
     };
-    // Streams start when the first subscriber connects, so a trader that connects
-    // promptly misses nothing; UDP starts at once.
+    // The feed starts when its first receiver exists: a TCP or WebSocket subscriber
+    // connects, or a trader subscribes to the UDP feed through the retransmission
+    // server. Nothing is published into the void before a trader is up (in a cluster
+    // it may wait a minute for MongoDB), and the duration counts from then.
     // The feed can end early on its own (`end_feed`) while the servers go on.
     let feed_stop = shutdown.child_token();
     let feed_control = feed_stop.clone();
-    let wait_for = streams.then(|| first_subscriber.clone());
+    let first = match spec.transport {
+        Transport::Udp => udp_subscribed.clone(),
+        Transport::Tcp | Transport::Websocket => first_subscriber.clone(),
+    };
     let publisher = std::thread::Builder::new()
         .name("feed-publisher".into())
         .spawn(move || {
-            if let Some(first) = wait_for {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build();
-                if let Ok(rt) = runtime {
-                    rt.block_on(async {
-                        tokio::select! {
-                            _ = first.notified() => {},
-                            _ = feed_stop.cancelled() => {},
-                        }
-                    });
+            match tokio::runtime::Builder::new_current_thread().build() {
+                Ok(rt) => rt.block_on(async {
+                    tokio::select! {
+                        () = first.notified() => {},
+                        () = feed_stop.cancelled() => {},
+                    }
+                }),
+                // Without a runtime to wait in, start at once rather than never.
+                Err(error) => {
+                    tracing::error!(%error, "cannot wait for a subscriber; the feed starts now")
                 }
             }
             publisher.run(feed_stop)

@@ -14,6 +14,7 @@ pub struct ExchangeMetrics {
     pub malformed_requests: IntCounter,
     pub orders: IntCounterVec,
     pub subscribers: IntGauge,
+    pub subscriptions: IntCounter,
     pub order_reaction: Histogram,
 }
 
@@ -57,6 +58,10 @@ impl ExchangeMetrics {
             subscribers: reg(
                 registry,
                 IntGauge::new("ticklab_exchange_subscribers", "Connected TCP and WebSocket feed subscribers")?,
+            )?,
+            subscriptions: counter(
+                "ticklab_exchange_subscriptions_total",
+                "UDP feed subscriptions and keep-alives received from traders (the feed starts at the first)",
             )?,
             order_reaction: reg(
                 registry,

@@ -2,11 +2,15 @@
 //! requests (session, first sequence number, count) from the ring with the original
 //! messages — original bytes, original send timestamps — packed into packets like the
 //! live feed's, plus an "unavailable" packet for whatever the ring no longer holds.
+//! A request for zero messages is a trader's subscription: the first one starts the
+//! UDP feed (see `ticklab_wire::retransmit`).
 
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use ticklab_wire::packet::{HEADER_LEN, PacketHeader, encode_unavailable};
 use ticklab_wire::{RetransmitRequest, Session};
@@ -23,6 +27,8 @@ pub struct RetransmitServer {
     pub max_packet_bytes: usize,
     pub stats: Arc<ExchangeStats>,
     pub metrics: ExchangeMetrics,
+    /// Woken at the first subscription: the UDP feed waits for it.
+    pub subscribed: Arc<Notify>,
 }
 
 impl RetransmitServer {
@@ -38,6 +44,14 @@ impl RetransmitServer {
                 continue;
             };
             let request = match RetransmitRequest::decode(buf.get(..len).unwrap_or(&[])) {
+                Ok(r) if r.is_subscription() => {
+                    if self.stats.subscriptions.fetch_add(1, Ordering::AcqRel) == 0 {
+                        tracing::info!(%from, "first feed subscription: the feed starts");
+                        self.subscribed.notify_one();
+                    }
+                    self.metrics.subscriptions.inc();
+                    continue;
+                }
                 Ok(r) if r.session == self.session => r,
                 Ok(_) | Err(_) => {
                     self.stats

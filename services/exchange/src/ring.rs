@@ -5,6 +5,9 @@
 use parking_lot::Mutex;
 
 const SLOT: usize = 64;
+/// Memory the ring takes per retained message (its slot and length byte), for
+/// sizing the exchange's memory from `retransmissionBuffer`.
+pub const BYTES_PER_MESSAGE: u64 = SLOT as u64 + 1;
 
 struct Inner {
     slots: Vec<[u8; SLOT]>,

@@ -27,6 +27,8 @@ pub struct TraderMetrics {
     pub persist_dropped: IntCounter,
     pub persist_errors: IntCounter,
     pub persist_queue: IntGauge,
+    pub subscriptions: IntCounterVec,
+    pub feed_receive_buffer: IntGauge,
 }
 
 impl TraderMetrics {
@@ -56,6 +58,14 @@ impl TraderMetrics {
             &["outcome"],
         )?;
         registry.register(Box::new(orders.clone()))?;
+        let subscriptions = IntCounterVec::new(
+            Opts::new(
+                "ticklab_trader_feed_subscriptions_total",
+                "UDP feed subscriptions (keep-alives) sent to the exchange, by outcome: sent, failed (the exchange is not reachable yet)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(subscriptions.clone()))?;
         Ok(Self {
             feed_latency: histogram(
                 "ticklab_trader_feed_latency_seconds",
@@ -121,6 +131,11 @@ impl TraderMetrics {
             persist_queue: gauge(
                 "ticklab_trader_persist_queue",
                 "Trades waiting to be written to MongoDB",
+            )?,
+            subscriptions,
+            feed_receive_buffer: gauge(
+                "ticklab_trader_feed_receive_buffer_bytes",
+                "Receive buffer the kernel granted the UDP feed socket (it caps requests at net.core.rmem_max)",
             )?,
         })
     }

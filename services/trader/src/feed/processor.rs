@@ -101,6 +101,14 @@ impl FeedProcessor {
         })
     }
 
+    /// Counts a feed subscription the UDP loop sent (or failed to send).
+    pub fn subscription_sent(&self, ok: bool) {
+        self.metrics
+            .subscriptions
+            .with_label_values(&[if ok { "sent" } else { "failed" }])
+            .inc();
+    }
+
     pub fn set_timestamp_source(&mut self, source: &'static str) {
         self.timestamp_source = source;
     }

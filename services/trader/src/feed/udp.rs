@@ -2,12 +2,15 @@
 //! system call, each with the kernel's receive timestamp (SO_TIMESTAMPNS), so
 //! one-way latency excludes the time this thread takes to wake up. The same loop
 //! sends retransmission requests and reads their replies, keeping the processor
-//! single-threaded.
+//! single-threaded, and subscribes to the feed through the retransmission server
+//! (the exchange publishes only once a trader has subscribed), renewing the
+//! subscription every second so a restarted exchange finds its trader again.
 
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -15,7 +18,7 @@ use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, setsockopt, sockopt,
 };
 use nix::sys::time::TimeSpec;
-use ticklab_wire::now_unix_nanos;
+use ticklab_wire::{RetransmitRequest, now_unix_nanos};
 use tokio_util::sync::CancellationToken;
 
 use super::processor::FeedProcessor;
@@ -26,20 +29,53 @@ const BATCH: usize = 64;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_536;
 /// Receive buffer asked of the kernel: absorbs microbursts while the thread is busy.
-const RECV_BUFFER: usize = 16 * 1024 * 1024;
+pub const RECV_BUFFER: usize = 16 * 1024 * 1024;
+/// How often the trader renews its feed subscription.
+const SUBSCRIBE_EVERY: Duration = Duration::from_secs(1);
 
-/// Binds the feed socket with a large receive buffer and kernel timestamps on.
-/// Returns the socket and whether kernel timestamps could be enabled.
-pub fn bind_feed_socket(addr: SocketAddr) -> std::io::Result<(UdpSocket, bool)> {
-    let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    // Best effort: the kernel caps it at net.core.rmem_max.
-    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
-    socket.bind(&addr.into())?;
-    let socket: UdpSocket = socket.into();
-    let kernel_ts = setsockopt(&socket, sockopt::ReceiveTimestampns, &true).is_ok();
+/// Asks for a [`RECV_BUFFER`] receive buffer: past `net.core.rmem_max` where the
+/// process may (CAP_NET_ADMIN, as root on a workstation), else as much as the kernel
+/// grants. The feed socket needs it for microbursts, the recovery socket for the
+/// bursts of packets a long retransmission request brings back.
+pub fn large_receive_buffer(socket: &socket2::Socket) -> std::io::Result<()> {
+    if setsockopt(socket, sockopt::RcvBufForce, &RECV_BUFFER).is_err() {
+        socket.set_recv_buffer_size(RECV_BUFFER)?;
+    }
+    Ok(())
+}
+
+/// The bound feed socket and what the kernel granted.
+pub struct FeedSocket {
+    pub socket: UdpSocket,
+    /// Kernel receive timestamps (SO_TIMESTAMPNS) are on.
+    pub kernel_timestamps: bool,
+    /// Usable receive buffer in bytes. Linux caps a request at `net.core.rmem_max`
+    /// (a pod cannot raise that sysctl), so this may be far below [`RECV_BUFFER`]:
+    /// a small buffer overflows in microbursts and shows as gaps, hence reported.
+    pub receive_buffer: usize,
+}
+
+/// Binds the feed socket (dual-stack for `[::]`) with a large receive buffer and
+/// kernel timestamps on.
+pub fn bind_feed_socket(addr: SocketAddr) -> std::io::Result<FeedSocket> {
+    let socket = ticklab_admin::net::bind_udp_socket(addr, large_receive_buffer)?;
+    // The kernel reports twice what it grants for data (the rest is bookkeeping).
+    let receive_buffer = socket2::SockRef::from(&socket).recv_buffer_size()? / 2;
+    if receive_buffer < RECV_BUFFER {
+        tracing::warn!(
+            granted_bytes = receive_buffer,
+            requested_bytes = RECV_BUFFER,
+            "the UDP feed's receive buffer is capped by the node's net.core.rmem_max: \
+             microbursts may overflow it and show as gaps (raise the sysctl on the node)"
+        );
+    }
+    let kernel_timestamps = setsockopt(&socket, sockopt::ReceiveTimestampns, &true).is_ok();
     socket.set_nonblocking(true)?;
-    Ok((socket, kernel_ts))
+    Ok(FeedSocket {
+        socket,
+        kernel_timestamps,
+        receive_buffer,
+    })
 }
 
 /// Receives until `shutdown`, then gives up on what is still missing and returns
@@ -63,9 +99,31 @@ pub fn run_udp_feed(
     let mut meta: Vec<(usize, Option<u64>)> = Vec::with_capacity(BATCH);
     let mut reply = vec![0u8; MAX_DATAGRAM];
     let mut request = Vec::with_capacity(ticklab_wire::RetransmitRequest::LEN);
+    let mut subscription = Vec::with_capacity(ticklab_wire::RetransmitRequest::LEN);
+    RetransmitRequest::subscription().encode(&mut subscription);
+    let mut next_subscription = Instant::now();
+    let mut subscription_failed = false;
     let _ = recovery.set_nonblocking(true);
 
     while !shutdown.is_cancelled() {
+        if Instant::now() >= next_subscription {
+            next_subscription += SUBSCRIBE_EVERY;
+            match recovery.send(&subscription) {
+                Ok(_) => {
+                    processor.subscription_sent(true);
+                    subscription_failed = false;
+                }
+                // Refused while the exchange is not up yet (an ICMP error from the
+                // previous send): normal at start, counted, logged once per outage.
+                Err(error) => {
+                    processor.subscription_sent(false);
+                    if !subscription_failed {
+                        tracing::info!(%error, "cannot subscribe to the feed yet; retrying every second");
+                    }
+                    subscription_failed = true;
+                }
+            }
+        }
         let (feed_ready, recovery_ready) = {
             let mut fds = [
                 PollFd::new(feed.as_fd(), PollFlags::POLLIN),
