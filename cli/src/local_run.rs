@@ -90,8 +90,9 @@ impl LocalPair {
             order_http: format!("http://{order_http}"),
             api_listen: loopback(options.trader_port),
             mongodb_uri: options.mongodb_uri.clone(),
+            mongodb_wait_seconds: 0,
             slo: spec.slo.clone(),
-            recovery_timeout_ms: 50,
+            recovery_timeout_ms: ticklab_trader::DEFAULT_RECOVERY_TIMEOUT_MS,
         };
         let trader = ticklab_trader::start(trader_config, trader_registry, trader_stop.clone())
             .await

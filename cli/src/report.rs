@@ -90,7 +90,12 @@ pub fn table(r: &RunReport) -> String {
         res.orders, res.fills, res.orders_skipped, res.pnl, res.timestamp_source
     ));
     match (r.persistence, res.persisted) {
-        ("mongodb", Some(n)) => out.push_str(&format!("persisted to MongoDB: {n} trades\n")),
+        ("mongodb", Some(n)) => match res.not_persisted.filter(|&lost| lost > 0) {
+            None => out.push_str(&format!("persisted to MongoDB: {n} trades\n")),
+            Some(lost) => out.push_str(&format!(
+                "persisted to MongoDB: {n} trades; {lost} NOT persisted (the database fell behind the feed or writes failed)\n"
+            )),
+        },
         _ => out.push_str("persistence: in memory only (no --mongodb-uri)\n"),
     }
     match res.slo_verdict {

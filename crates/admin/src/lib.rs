@@ -5,6 +5,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod net;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,8 +93,8 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
 
 /// Binds `addr` (port 0 picks a free port), naming the address when that fails.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+    net::tcp_listener(addr)
+        .and_then(TcpListener::from_std)
         .map_err(|source| Error::Bind { addr, source })
 }
 
@@ -190,29 +192,41 @@ pub fn init_tracing(format: LogFormat, default_filter: &str) {
     };
 }
 
-/// Cancels `token` on SIGTERM or Ctrl-C (whichever comes first).
+/// Cancels `token` on SIGTERM or Ctrl-C (whichever comes first). The handlers are
+/// installed before this returns, so a signal that arrives at once (a pod deleted
+/// as it starts) still shuts the service down cleanly instead of killing it.
+/// Must be called inside a Tokio runtime.
 pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        tokio::spawn(async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
                     tokio::select! {
-                        _ = ctrl_c => {},
                         _ = term.recv() => {},
+                        _ = interrupt.recv() => {},
                     }
                 }
-                Err(_) => {
-                    let _ = ctrl_c.await;
+                (term, interrupt) => {
+                    // Without handlers the default action (exit) stays: say so.
+                    tracing::error!(
+                        terminate = ?term.err(),
+                        interrupt = ?interrupt.err(),
+                        "cannot handle shutdown signals; they will end the process abruptly"
+                    );
+                    return;
                 }
             }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
-        }
+            tracing::info!("shutdown signal received");
+            token.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown signal received");
         token.cancel();
     });

@@ -58,6 +58,11 @@ pub struct ExperimentResults {
     /// Trades stored in MongoDB (absent without persistence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persisted: Option<u64>,
+    /// Trades received but not stored in MongoDB: the write buffer was full (the
+    /// database was slower than the feed) or writes kept failing. Counted, never
+    /// silent (absent without persistence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_persisted: Option<u64>,
     /// Met, Breached, or absent when no SLO is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo_verdict: Option<SloVerdict>,

@@ -4,7 +4,7 @@
 //! percentiles). Errors are JSON with a 4xx status.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -21,7 +21,9 @@ use crate::store::{StoredTrade, TradeStore};
 #[derive(Clone)]
 pub struct ApiState {
     pub shared: Arc<TraderShared>,
-    pub store: Option<TradeStore>,
+    /// Trades persist to MongoDB (the store is set once the database answered).
+    pub persistence: bool,
+    pub store: Arc<OnceLock<TradeStore>>,
 }
 
 pub fn api_router(state: ApiState) -> Router {
@@ -57,7 +59,13 @@ async fn trades(
             );
         }
     };
-    if let Some(store) = &state.store {
+    if state.persistence && state.store.get().is_none() {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the trader is still waiting for MongoDB; no trades yet",
+        );
+    }
+    if let Some(store) = state.store.get() {
         // limit <= RECENT_TRADES, far inside i64.
         return match store.recent(limit as i64).await {
             Ok(trades) => axum::Json(TradesView {
@@ -91,7 +99,10 @@ struct StatsView {
     session: Option<String>,
     /// Trades currently missing and being recovered.
     missing: u64,
-    /// The session has ended and nothing is missing.
+    /// Trades waiting to be written to MongoDB.
+    persist_queued: u64,
+    /// The results are final: the session has ended, nothing is missing, and every
+    /// received trade has been written to MongoDB or counted as not persisted.
     settled: bool,
     #[serde(flatten)]
     results: ExperimentResults,
@@ -104,11 +115,14 @@ async fn stats(State(state): State<ApiState>) -> Response {
         let feed = state.shared.feed.lock();
         (feed.session.clone(), feed.missing)
     };
+    let persist_queued = state.store.get().map_or(0, |store| store.queued() as u64);
+    let feed_settled = *state.shared.settled.borrow();
     axum::Json(StatsView {
         experiment: state.shared.experiment.clone(),
         session,
         missing,
-        settled: *state.shared.settled.borrow(),
+        persist_queued,
+        settled: feed_settled && persist_queued == 0,
         results,
     })
     .into_response()

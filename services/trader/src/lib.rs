@@ -30,12 +30,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::feed::processor::FeedProcessor;
 use crate::feed::stream::{StreamSource, run_stream_feed};
-use crate::feed::udp::{bind_feed_socket, run_udp_feed};
+use crate::feed::udp::{FeedSocket, bind_feed_socket, run_udp_feed};
 use crate::gap_tracker::RecoveryPolicy;
 use crate::metrics::TraderMetrics;
 use crate::orders::{OrderTarget, run_order_client};
 use crate::state::TraderShared;
-use crate::store::TradeStore;
+use crate::store::{StoreCounts, TradeStore};
 use crate::strategy::MomentumStrategy;
 
 /// Everything the trader needs to run; the operator renders it from the experiment.
@@ -65,6 +65,13 @@ pub struct TraderConfig {
     /// MongoDB connection string; without it trades are kept in memory only.
     #[serde(default)]
     pub mongodb_uri: Option<String>,
+    /// How long to keep trying to reach MongoDB at start, in seconds (0: fail at
+    /// the first attempt, as `ticklab run` does). In a cluster the database may come
+    /// up after the trader (a managed MongoDB's first start takes a while): a trader
+    /// that waits — serving `/healthz`, not ready — beats one in a crash loop whose
+    /// back-off outlasts the database's start.
+    #[serde(default)]
+    pub mongodb_wait_seconds: u64,
     #[serde(default)]
     pub slo: Option<SloSpec>,
     /// Retransmission request timeout in milliseconds.
@@ -73,8 +80,15 @@ pub struct TraderConfig {
 }
 
 fn default_recovery_timeout_ms() -> u64 {
-    50
+    DEFAULT_RECOVERY_TIMEOUT_MS
 }
+
+/// How long a retransmission request waits for its answer before it is asked again
+/// (five unanswered in a row declare the range lost). An answer takes microseconds on
+/// loopback and a millisecond across a pod network, but a loaded node can keep the
+/// exchange's retransmission thread off a core for a good part of a second: that is
+/// no loss, and asking again sooner only duplicates requests.
+pub const DEFAULT_RECOVERY_TIMEOUT_MS: u64 = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -100,6 +114,8 @@ pub enum Error {
     Thread(#[source] std::io::Error),
     #[error("a trader task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("stopped while waiting for MongoDB")]
+    StoppedWhileWaiting,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -141,26 +157,16 @@ pub async fn start(
     let admin_state = AdminState::new(registry);
     let services_shutdown = CancellationToken::new();
 
+    let persistence = config.spec.persistence.enabled && config.mongodb_uri.is_some();
     let mut shared = TraderShared::new(&config.experiment, config.slo.clone());
-    let mut writer = None;
-    let store = match &config.mongodb_uri {
-        Some(uri) if config.spec.persistence.enabled => {
-            let (store, task) = TradeStore::connect(
-                uri,
-                &config.experiment,
-                config.spec.persistence.buffer_trades as usize,
-                metrics.clone(),
-                services_shutdown.clone(),
-            )
-            .await?;
-            shared.store = Some(store.counts.clone());
-            writer = Some(task);
-            Some(store)
-        }
-        _ => None,
-    };
+    let store_counts = Arc::new(StoreCounts::default());
+    if persistence {
+        shared.store = Some(store_counts.clone());
+    }
     let shared = Arc::new(shared);
 
+    // The admin port first: while the trader waits for MongoDB it is alive and says
+    // it is not ready.
     let api_listener = ticklab_admin::bind(config.api_listen).await?;
     let api_addr = api_listener
         .local_addr()
@@ -168,16 +174,46 @@ pub async fn start(
             addr: config.api_listen,
             source,
         })?;
+    let store_cell = Arc::new(std::sync::OnceLock::new());
     let router =
         ticklab_admin::admin_router(admin_state.clone()).merge(api::api_router(api::ApiState {
             shared: shared.clone(),
-            store: store.clone(),
+            persistence,
+            store: store_cell.clone(),
         }));
     let admin = tokio::spawn(ticklab_admin::serve(
         api_listener,
         router,
         services_shutdown.clone(),
     ));
+
+    let mut writer = None;
+    let store = match (&config.mongodb_uri, persistence) {
+        (Some(uri), true) => {
+            let connected = connect_store(
+                &config,
+                uri,
+                &metrics,
+                &store_counts,
+                &services_shutdown,
+                &shutdown,
+            )
+            .await;
+            let (store, task) = match connected {
+                Ok(connected) => connected,
+                Err(error) => {
+                    services_shutdown.cancel();
+                    let _ = admin.await;
+                    return Err(error);
+                }
+            };
+            writer = Some(task);
+            // Set once, here; nothing else sets it.
+            let _ = store_cell.set(store.clone());
+            Some(store)
+        }
+        _ => None,
+    };
 
     let (intent_tx, intent_rx) = tokio::sync::mpsc::channel(4096);
     let order_target = OrderTarget {
@@ -200,7 +236,7 @@ pub async fn start(
         intent_tx,
         store.clone(),
         shared.clone(),
-        metrics,
+        metrics.clone(),
     )
     .map_err(Error::Thread)?;
     processor.set_recovery_policy(RecoveryPolicy {
@@ -221,22 +257,29 @@ pub async fn start(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let recovery = std::net::UdpSocket::bind(recovery_bind)
-        .and_then(|s| s.connect(retransmit_addr).map(|()| s))
-        .map_err(|source| Error::Retransmit {
-            addr: config.retransmit_server.clone(),
-            source,
-        })?;
+    let recovery =
+        ticklab_admin::net::bind_udp_socket(recovery_bind, crate::feed::udp::large_receive_buffer)
+            .and_then(|s| s.connect(retransmit_addr).map(|()| s))
+            .map_err(|source| Error::Retransmit {
+                addr: config.retransmit_server.clone(),
+                source,
+            })?;
 
     let (feed, feed_udp) = match config.transport {
         Transport::Udp => {
-            let (socket, kernel_ts) =
-                bind_feed_socket(config.feed_udp_listen).map_err(|source| Error::FeedBind {
-                    addr: config.feed_udp_listen,
-                    source,
-                })?;
+            let FeedSocket {
+                socket,
+                kernel_timestamps,
+                receive_buffer,
+            } = bind_feed_socket(config.feed_udp_listen).map_err(|source| Error::FeedBind {
+                addr: config.feed_udp_listen,
+                source,
+            })?;
+            metrics
+                .feed_receive_buffer
+                .set(i64::try_from(receive_buffer).unwrap_or(i64::MAX));
             let local = socket.local_addr().ok();
-            processor.set_timestamp_source(if kernel_ts { "kernel" } else { "user" });
+            processor.set_timestamp_source(if kernel_timestamps { "kernel" } else { "user" });
             let token = shutdown.clone();
             let busy_poll = config.spec.busy_poll;
             let thread = std::thread::Builder::new()
@@ -291,6 +334,43 @@ pub async fn start(
         admin,
         services_shutdown,
     })
+}
+
+/// Connects the trade store, retrying for up to `mongodb_wait_seconds` (with a
+/// growing pause, at most 5 s) unless the trader is told to stop.
+async fn connect_store(
+    config: &TraderConfig,
+    uri: &str,
+    metrics: &TraderMetrics,
+    counts: &Arc<StoreCounts>,
+    services_shutdown: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<(TradeStore, JoinHandle<()>)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.mongodb_wait_seconds);
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let attempt = TradeStore::connect_with_counts(
+            uri,
+            &config.experiment,
+            config.spec.persistence.buffer_trades as usize,
+            metrics.clone(),
+            counts.clone(),
+            services_shutdown.clone(),
+        )
+        .await;
+        match attempt {
+            Ok(connected) => return Ok(connected),
+            Err(error) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(%error, retry_in = ?pause, "MongoDB is not reachable yet; the trader waits (not ready)");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return Err(Error::StoppedWhileWaiting),
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 impl TraderHandle {

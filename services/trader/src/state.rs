@@ -96,6 +96,10 @@ impl TraderShared {
                 .store
                 .as_ref()
                 .map(|c| c.persisted.load(std::sync::atomic::Ordering::Relaxed)),
+            not_persisted: self
+                .store
+                .as_ref()
+                .map(|c| c.dropped.load(std::sync::atomic::Ordering::Relaxed)),
             slo_verdict: None,
         };
         if let Some(slo) = &self.slo {

@@ -48,6 +48,11 @@ pub struct ReceivedTrade {
     pub recovered: bool,
 }
 
+/// Memory one trade waiting for the database takes, for sizing the trader's memory
+/// from `persistence.bufferTrades`: the trade, and as much again for the slack of
+/// the batches' vectors (they grow by doubling).
+pub const BYTES_PER_QUEUED_TRADE: u64 = 2 * std::mem::size_of::<ReceivedTrade>() as u64;
+
 /// Trades of one session handed to the writer together.
 #[derive(Clone, Debug)]
 pub struct TradeBatch {
@@ -170,6 +175,20 @@ impl TradeStore {
         metrics: TraderMetrics,
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
+        Self::connect_with_counts(uri, experiment, capacity, metrics, Arc::default(), shutdown)
+            .await
+    }
+
+    /// [`Self::connect`], counting into `counts` (made before the database answers,
+    /// so the trader can report them from the start).
+    pub async fn connect_with_counts(
+        uri: &str,
+        experiment: &str,
+        capacity: usize,
+        metrics: TraderMetrics,
+        counts: Arc<StoreCounts>,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let connect_err = |source| StoreError::Connect {
             uri: redact(uri),
             source,
@@ -219,7 +238,7 @@ impl TradeStore {
             tx,
             queued: Arc::default(),
             capacity: capacity.max(1),
-            counts: Arc::default(),
+            counts,
             collection,
             experiment: experiment.into(),
             metrics,
@@ -292,7 +311,14 @@ impl TradeStore {
                 .await;
         }
         // Shutting down: write what is already queued, with a few tries, then stop.
+        // (In a cluster the operator waits for the queue to drain before it scales
+        // the trader down; a drain cut short by SIGKILL is what the status then
+        // reports as neither persisted nor counted.)
         rx.close();
+        let queued = self.queued();
+        if queued > 0 {
+            tracing::info!(queued, "shutting down: writing the trades still queued");
+        }
         let calm = CancellationToken::new();
         while let Ok(b) = rx.try_recv() {
             self.append(&mut pending, &b);

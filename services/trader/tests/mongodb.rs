@@ -49,14 +49,29 @@ fn trader_config(
         order_http: format!("http://{}", exchange.order_http),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         mongodb_uri: Some(mongodb_uri()),
+        mongodb_wait_seconds: 0,
         slo: None,
-        recovery_timeout_ms: 20,
+        // Five unanswered requests in a row declare a range lost; a loaded machine can
+        // keep the exchange's retransmission thread off a core for longer than a few
+        // tens of milliseconds, which is no loss.
+        recovery_timeout_ms: 500,
     }
+}
+
+/// Waits until `trader` has received trades from the live feed.
+async fn wait_receiving(trader: &TraderHandle) {
+    for _ in 0..1500 {
+        if trader.results().received > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no trade received in 30 s: {:?}", trader.results());
 }
 
 async fn wait_persisted(trader: &TraderHandle, n: u64) {
     let store = trader.store.as_ref().unwrap();
-    for _ in 0..1000 {
+    for _ in 0..3000 {
         if store.count().await.unwrap() >= n && store.queued() == 0 {
             return;
         }
@@ -78,10 +93,12 @@ async fn trades_are_stored_once_served_newest_first_and_a_restart_adds_no_duplic
         .unwrap()
         .port();
     let exchange_stop = CancellationToken::new();
+    // No duration: the session is ended below once the second trader is receiving
+    // it, so that trader joins mid-session however slowly everything starts.
     let mut config = ExchangeConfig::local(
         &experiment,
         exchange_spec(5_000),
-        Some(Duration::from_millis(2_000)),
+        None,
         Some(format!("127.0.0.1:{feed_port}")),
     );
     config.spec.transport = Transport::Udp;
@@ -99,7 +116,7 @@ async fn trades_are_stored_once_served_newest_first_and_a_restart_adds_no_duplic
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    wait_receiving(&first).await;
     first_stop.cancel();
     let first_results = first.join().await.unwrap();
     assert!(first_results.received > 0);
@@ -116,6 +133,8 @@ async fn trades_are_stored_once_served_newest_first_and_a_restart_adds_no_duplic
     )
     .await
     .unwrap();
+    wait_receiving(&second).await;
+    exchange.end_feed();
     exchange.feed_finished().await;
     assert!(
         second.wait_settled(Duration::from_secs(10)).await,

@@ -54,7 +54,7 @@ async fn connect(
 }
 
 async fn wait_count(store: &TradeStore, n: u64) {
-    for _ in 0..500 {
+    for _ in 0..1500 {
         if store.count().await.unwrap() == n && store.queued() == 0 {
             return;
         }
@@ -109,11 +109,27 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     for i in 0..100u64 {
         store.offer(batch("S", i * 100 + 1..(i + 1) * 100 + 1));
     }
-    let dropped = store.counts.dropped.load(Ordering::Relaxed);
-    assert!(dropped > 0, "nothing dropped");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        store.counts.dropped.load(Ordering::Relaxed) > 0,
+        "nothing dropped"
+    );
+    // What was taken is written (polled, not slept on), then the writer stops. A
+    // write that keeps failing is counted as dropped too, so the count is read once
+    // the writer is done, not before.
+    for _ in 0..1500 {
+        if store.queued() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        store.queued(),
+        0,
+        "the writer did not drain its buffer in 30 s"
+    );
     stop.cancel();
     writer.await.unwrap();
+    let dropped = store.counts.dropped.load(Ordering::Relaxed);
     let stored = store.count().await.unwrap();
     assert_eq!(
         stored + dropped,
