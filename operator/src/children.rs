@@ -7,7 +7,7 @@
 //! it returns with server-side apply.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet,
@@ -15,10 +15,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, PodAffinity, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
-    TCPSocketAction, Volume, VolumeMount,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, PodAffinity,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -295,6 +295,7 @@ pub fn build(
         admin_port: ports::EXCHANGE_ADMIN,
         env: vec![],
         affinity: None,
+        memory: Memory::exchange(spec),
     });
 
     let trader_env = match mongodb_source {
@@ -316,6 +317,7 @@ pub fn build(
         admin_port: ports::TRADER_API,
         env: trader_env,
         affinity: Some(placement_affinity(name, spec.placement)),
+        memory: Memory::trader(spec),
     });
 
     let exchange_service = service(
@@ -488,13 +490,17 @@ fn service_host(service: &str, namespace: &str) -> String {
     format!("{service}.{namespace}.svc")
 }
 
+/// Every address of the pod, IPv6 and IPv4 alike (`[::]` listens dual-stack, and
+/// falls back to IPv4 where the node has no IPv6): the same configuration works in
+/// IPv4, dual-stack and IPv6-only clusters.
 fn any_addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], port))
+    SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
 }
 
-/// The exchange's configuration as its pod reads it. No duration: in a cluster the
-/// operator ends the experiment by scaling the pods down, so the exchange never
-/// exits on its own (a Deployment would only restart it).
+/// The exchange's configuration as its pod reads it. It publishes for exactly
+/// `spec.duration` from the trader's subscription, then ends the session and keeps
+/// serving retransmissions and orders until the operator scales it down, so the
+/// trader's results cover the whole run and nothing from before it.
 pub fn exchange_config(
     experiment: &LatencyExperiment,
     name: &str,
@@ -505,7 +511,7 @@ pub fn exchange_config(
     ExchangeConfig {
         experiment: name.to_string(),
         spec: spec.exchange.clone(),
-        duration: None,
+        duration: spec.run_duration(),
         feed_udp_target: (spec.exchange.transport == Transport::Udp).then(|| {
             format!(
                 "{}:{}",
@@ -543,10 +549,11 @@ pub fn trader_config(experiment: &LatencyExperiment, name: &str, namespace: &str
         order_http: format!("http://{exchange}:{}", ports::ORDER_HTTP),
         api_listen: any_addr(ports::TRADER_API),
         mongodb_uri: None,
+        // A managed MongoDB's first start can take a minute or two; waiting beats
+        // a crash loop whose back-off outlasts it.
+        mongodb_wait_seconds: 600,
         slo: spec.slo.clone(),
-        // Across a pod network a retransmission round trip takes longer than on
-        // loopback; asking again too early only duplicates requests.
-        recovery_timeout_ms: 200,
+        recovery_timeout_ms: ticklab_trader::DEFAULT_RECOVERY_TIMEOUT_MS,
     }
 }
 
@@ -601,6 +608,7 @@ struct ServiceDeployment<'a> {
     admin_port: u16,
     env: Vec<EnvVar>,
     affinity: Option<Affinity>,
+    memory: Memory,
 }
 
 /// A Deployment running `ticklab <component> --config /etc/ticklab/<component>.yaml`.
@@ -658,7 +666,7 @@ fn service_deployment(d: ServiceDeployment<'_>) -> Deployment {
                         env: (!d.env.is_empty()).then_some(d.env),
                         readiness_probe: Some(probe("/readyz")),
                         liveness_probe: Some(probe("/healthz")),
-                        resources: Some(resources("250m", "128Mi", "1Gi")),
+                        resources: Some(resources("250m", d.memory)),
                         security_context: Some(restricted_container_security()),
                         volume_mounts: Some(vec![VolumeMount {
                             name: "config".into(),
@@ -740,15 +748,54 @@ fn restricted_container_security() -> SecurityContext {
     }
 }
 
-fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+/// A container's memory request and limit in MiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Memory {
+    pub request_mib: u64,
+    pub limit_mib: u64,
+}
+
+impl Memory {
+    /// A fixed base plus buffers the spec sizes: the buffers count in full in both
+    /// the request (they fill up during a run; the scheduler must find room for
+    /// them) and the limit (a ring of gigabytes must not be OOM-killed).
+    fn with_buffers(request_mib: u64, limit_mib: u64, buffer_bytes: u64) -> Self {
+        let buffers = buffer_bytes.div_ceil(1024 * 1024);
+        Self {
+            request_mib: request_mib + buffers,
+            limit_mib: limit_mib + buffers,
+        }
+    }
+
+    /// The exchange: its retransmission ring holds `retransmissionBuffer` messages.
+    pub fn exchange(spec: &LatencyExperimentSpec) -> Self {
+        let ring = u64::from(spec.exchange.retransmission_buffer)
+            * ticklab_exchange::ring::BYTES_PER_MESSAGE;
+        Self::with_buffers(64, 256, ring)
+    }
+
+    /// The trader: up to `persistence.bufferTrades` trades wait for MongoDB.
+    pub fn trader(spec: &LatencyExperimentSpec) -> Self {
+        let persistence = &spec.trader.persistence;
+        let queue = if persistence.enabled {
+            u64::from(persistence.buffer_trades) * ticklab_trader::store::BYTES_PER_QUEUED_TRADE
+        } else {
+            0
+        };
+        Self::with_buffers(96, 512, queue)
+    }
+}
+
+fn resources(cpu: &str, memory: Memory) -> ResourceRequirements {
+    let mib = |n: u64| Quantity(format!("{n}Mi"));
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity(cpu.to_string())),
-            ("memory".to_string(), Quantity(memory.to_string())),
+            ("memory".to_string(), mib(memory.request_mib)),
         ])),
         limits: Some(BTreeMap::from([(
             "memory".to_string(),
-            Quantity(memory_limit.to_string()),
+            mib(memory.limit_mib),
         )])),
         ..Default::default()
     }
@@ -786,12 +833,46 @@ fn mongodb_statefulset(
     let mut pod_labels = labels(experiment, "mongodb");
     pod_labels.extend(selector.clone());
     let from_secret = |var: &str, key: &str| env_from_secret(var, name, key);
-    let tcp_probe = Probe {
+    // The image's entrypoint first runs mongod on 127.0.0.1 alone to create the
+    // user, then restarts it on every address. A TCP probe on the pod's address fails
+    // all that time; as a liveness probe it would kill mongod mid-setup, and the
+    // restarted container (same emptyDir) would skip user creation: the trader could
+    // never authenticate. So: alive is "mongod answers a ping on localhost" (true
+    // during setup too), with a startup budget for a slow first start; ready is "it
+    // accepts connections on the pod's address", which only the final mongod does.
+    let ping = || Probe {
+        exec: Some(ExecAction {
+            command: Some(
+                [
+                    "mongosh",
+                    "--quiet",
+                    "--norc",
+                    "--eval",
+                    "db.adminCommand('ping').ok",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+        }),
+        timeout_seconds: Some(5),
+        ..Default::default()
+    };
+    let startup_probe = Probe {
+        period_seconds: Some(2),
+        failure_threshold: Some(90),
+        ..ping()
+    };
+    let liveness_probe = Probe {
+        period_seconds: Some(10),
+        failure_threshold: Some(6),
+        ..ping()
+    };
+    let readiness_probe = Probe {
         tcp_socket: Some(TCPSocketAction {
             port: IntOrString::Int(i32::from(ports::MONGODB)),
             ..Default::default()
         }),
-        period_seconds: Some(5),
+        period_seconds: Some(2),
         ..Default::default()
     };
     let empty_dir = |name: &str| Volume {
@@ -838,9 +919,16 @@ fn mongodb_statefulset(
                             from_secret("MONGO_INITDB_ROOT_USERNAME", "username"),
                             from_secret("MONGO_INITDB_ROOT_PASSWORD", "password"),
                         ]),
-                        readiness_probe: Some(tcp_probe.clone()),
-                        liveness_probe: Some(tcp_probe),
-                        resources: Some(resources("250m", "256Mi", "1Gi")),
+                        startup_probe: Some(startup_probe),
+                        liveness_probe: Some(liveness_probe),
+                        readiness_probe: Some(readiness_probe),
+                        resources: Some(resources(
+                            "250m",
+                            Memory {
+                                request_mib: 256,
+                                limit_mib: 1024,
+                            },
+                        )),
                         security_context: Some(restricted_container_security()),
                         volume_mounts: Some(vec![
                             mount("data", "/data/db"),

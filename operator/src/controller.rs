@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use crate::children::{
     self, BuildError, ChildSettings, MANAGED_BY, MANAGED_BY_LABEL, MongoDb, Names,
 };
-use crate::lifecycle::{self, Observed};
+use crate::lifecycle::{self, Observed, TraderProgress};
 use crate::metrics::OperatorMetrics;
 use crate::results::ResultsReader;
 
@@ -76,6 +76,13 @@ pub enum Error {
     InvalidSpec { field: String, problem: String },
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("cannot apply {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -86,12 +93,16 @@ pub const ERROR_KINDS: [&str; 5] = ["invalid_spec", "build", "conflict", "api", 
 impl Error {
     /// Low-cardinality label for the failure metric (one of [`ERROR_KINDS`]).
     pub fn kind(&self) -> &'static str {
+        let kube_kind = |error: &kube::Error| match error {
+            kube::Error::Api(status) if status.code == 409 => "conflict",
+            kube::Error::Api(_) => "api",
+            _ => "transport",
+        };
         match self {
             Error::InvalidSpec { .. } => "invalid_spec",
             Error::Build(_) => "build",
-            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
-            Error::Kube(kube::Error::Api(_)) => "api",
-            Error::Kube(_) => "transport",
+            Error::Apply { source, .. } => kube_kind(source),
+            Error::Kube(error) => kube_kind(error),
         }
     }
 }
@@ -304,15 +315,32 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
         observed.mongodb_ready = Some(ready >= 1);
     }
 
+    // Once the run is due to end, the trader's account decides how it ends.
+    let mut final_stats = None;
+    if lifecycle::due_to_end(experiment, now) {
+        observed.trader = match ctx.results.read_stats(&name, &namespace).await {
+            Ok(stats) => {
+                let progress = if stats.settled {
+                    TraderProgress::Settled
+                } else {
+                    TraderProgress::Running
+                };
+                final_stats = Some(stats);
+                progress
+            }
+            Err(error) => TraderProgress::Unreachable(error.to_string()),
+        };
+    }
     let decision = lifecycle::decide(experiment, &observed, now);
 
     // The results poller keeps results fresh while the run goes on; the final
-    // figures are read here, as the run ends, before the trader is scaled down.
+    // figures, read above, are written as the run ends, before the trader is
+    // scaled down.
     let same_run = previous.observed_generation == experiment.metadata.generation;
     if decision.completes_now {
-        match ctx.results.read(&name, &namespace).await {
-            Ok(results) => write_results(ctx, experiment, &results).await?,
-            Err(error) => warn!(%error, "final results not available; keeping the last ones read"),
+        match &final_stats {
+            Some(stats) => write_results(ctx, experiment, &stats.results).await?,
+            None => warn!("final results not available; keeping the last ones read"),
         }
     }
 
@@ -374,7 +402,16 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
         let (kind, note) = match decision.phase {
             Phase::Pending => (EventType::Normal, "children created; waiting for the workloads to become available".to_string()),
             Phase::Running => (EventType::Normal, "exchange and trader are available; the run has started".to_string()),
-            Phase::Completed => (EventType::Normal, "the run ended after spec.duration; workloads scaled to zero, results kept in status".to_string()),
+            Phase::Completed => match &decision.completion {
+                Some((reason, message)) if *reason != "FeedEnded" => (
+                    EventType::Warning,
+                    format!("{message}; workloads scaled to zero"),
+                ),
+                _ => (
+                    EventType::Normal,
+                    "the run ended and its results are final; workloads scaled to zero, results kept in status".to_string(),
+                ),
+            },
             Phase::Failed => (
                 EventType::Warning,
                 observed.failure.as_ref().map_or_else(|| "failed".to_string(), |(_, m)| m.clone()),
@@ -538,9 +575,11 @@ fn deployment_stuck(what: &str, deployment: Option<&Deployment>) -> Option<(Stri
         })
 }
 
-async fn apply<K>(ctx: &Context, namespace: &str, object: &K) -> Result<(), kube::Error>
+/// Server-side apply of one child; the error names it.
+async fn apply<K>(ctx: &Context, namespace: &str, object: &K) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
         + Clone
         + Serialize
         + DeserializeOwned
@@ -555,39 +594,59 @@ where
     )
     .await
     .map(|_| ())
+    .map_err(|source| Error::Apply {
+        kind: <K as k8s_openapi::Resource>::KIND,
+        name,
+        source,
+    })
 }
 
-/// Applies every child at once: they do not depend on each other (a pod waits for
-/// its ConfigMap and Secret by itself), and one round trip beats six.
+/// Applies the children in the order they depend on each other, each stage at once:
+/// configuration (ConfigMap, MongoDB credentials) and the isolation policy first,
+/// then the Services (a workload resolves its peers' names as it starts: the
+/// exchange's UDP feed target is the trader's Service), then MongoDB, then the
+/// exchange and trader. A failed stage stops the rest, so no workload ever starts
+/// without its configuration.
 async fn apply_children(
     ctx: &Context,
     namespace: &str,
     desired: &children::Children,
-) -> Result<(), kube::Error> {
-    let mongodb = async {
-        if let Some(m) = &desired.mongodb {
-            tokio::try_join!(
-                apply(ctx, namespace, &m.secret),
-                apply(ctx, namespace, &m.service),
-                apply(ctx, namespace, &m.statefulset),
-            )?;
-        }
-        Ok::<_, kube::Error>(())
-    };
+) -> Result<(), Error> {
+    let mongodb = desired.mongodb.as_ref();
     let network_policy = async {
         match &desired.network_policy {
             Some(policy) => apply(ctx, namespace, policy).await,
             None => Ok(()),
         }
     };
+    let mongodb_secret = async {
+        match mongodb {
+            Some(m) => apply(ctx, namespace, &m.secret).await,
+            None => Ok(()),
+        }
+    };
     tokio::try_join!(
-        network_policy,
         apply(ctx, namespace, &desired.config),
+        mongodb_secret,
+        network_policy,
+    )?;
+    let mongodb_service = async {
+        match mongodb {
+            Some(m) => apply(ctx, namespace, &m.service).await,
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(
         apply(ctx, namespace, &desired.exchange_service),
         apply(ctx, namespace, &desired.trader_service),
+        mongodb_service,
+    )?;
+    if let Some(m) = mongodb {
+        apply(ctx, namespace, &m.statefulset).await?;
+    }
+    tokio::try_join!(
         apply(ctx, namespace, &desired.exchange),
         apply(ctx, namespace, &desired.trader),
-        mongodb,
     )?;
     Ok(())
 }

@@ -1,8 +1,12 @@
 //! The experiment's lifecycle as a pure function: from the previous status, what the
 //! cluster reports about the children, and the clock, decide the phase, the
 //! conditions, whether the workloads should run, and when to look again.
-//! Pending -> Running when every workload is available; Running -> Completed when
-//! `spec.duration` has elapsed since the run started; a spec change starts a new run.
+//! Pending -> Running when every workload is available; Running -> Completed once
+//! `spec.duration` has elapsed since the run started and the trader says the feed
+//! ended and nothing is missing (the exchange publishes for exactly `spec.duration`
+//! from the trader's subscription, so its results then cover the whole run), or,
+//! failing that, when the trader cannot be read or a grace period has passed, with a
+//! reason that says the results may be incomplete. A spec change starts a new run.
 
 use std::time::Duration;
 
@@ -22,6 +26,22 @@ pub struct Observed {
     /// A reason the run cannot succeed (a Deployment past its progress deadline, a
     /// missing Secret), as (reason, message).
     pub failure: Option<(String, String)>,
+    /// The trader's account of the run: read once `spec.duration` has elapsed.
+    pub trader: TraderProgress,
+}
+
+/// Whether the trader's results are final.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum TraderProgress {
+    /// Not asked (the run is not due to end).
+    #[default]
+    NotRead,
+    /// Still receiving the feed or recovering gaps.
+    Running,
+    /// The feed ended and nothing is missing: the results are final.
+    Settled,
+    /// `/stats` could not be read, and why.
+    Unreachable(String),
 }
 
 impl Observed {
@@ -40,12 +60,22 @@ pub struct Decision {
     /// True when this reconcile ends the run: read the final results before scaling
     /// the workloads down.
     pub completes_now: bool,
+    /// Why the run completed, as (reason, message), when it completes now.
+    pub completion: Option<(&'static str, String)>,
     /// Look again after this long even without a change.
     pub requeue: Duration,
 }
 
 /// How often the results poller reads each running experiment's trader.
 pub const RESULTS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long past `spec.duration` the run waits for the trader to report its results
+/// final: the feed ended, its gaps recovered, and its MongoDB write queue drained
+/// (the feed starts at the trader's subscription, a little before the operator sees
+/// both workloads available, so the feed has usually ended; a database slower than
+/// the feed can take a while to catch up on the buffered trades).
+pub const SETTLE_GRACE: Duration = Duration::from_secs(90);
+/// How often the trader is asked while the run waits for it to settle.
+pub const SETTLE_POLL: Duration = Duration::from_secs(1);
 /// A slow safety net for phases that only change through watched events.
 pub const IDLE_RECHECK: Duration = Duration::from_secs(300);
 
@@ -61,63 +91,114 @@ pub fn decide(experiment: &LatencyExperiment, observed: &Observed, now: Timestam
     };
     let duration = experiment.spec.run_duration();
 
+    let decision = |phase, workload, started_at, requeue| Decision {
+        phase,
+        workload,
+        started_at,
+        completes_now: false,
+        completion: None,
+        requeue,
+    };
     if previous == Some(Phase::Completed) {
-        return Decision {
-            phase: Phase::Completed,
-            workload: Workload::Stopped,
+        return decision(
+            Phase::Completed,
+            Workload::Stopped,
             started_at,
-            completes_now: false,
-            requeue: IDLE_RECHECK,
-        };
+            IDLE_RECHECK,
+        );
     }
     if observed.failure.is_some() {
-        return Decision {
-            phase: Phase::Failed,
-            workload: Workload::Running,
+        // A missing Secret may be created, a stuck rollout may recover.
+        return decision(
+            Phase::Failed,
+            Workload::Running,
             started_at,
-            completes_now: false,
-            // A missing Secret may be created, a stuck rollout may recover.
-            requeue: Duration::from_secs(30),
-        };
+            Duration::from_secs(30),
+        );
     }
     let running = observed.all_available() || previous == Some(Phase::Running);
     if !running {
-        return Decision {
-            phase: Phase::Pending,
-            workload: Workload::Running,
-            started_at: None,
-            completes_now: false,
-            requeue: IDLE_RECHECK,
-        };
+        return decision(Phase::Pending, Workload::Running, None, IDLE_RECHECK);
     }
     let started = started_at.unwrap_or(now);
-    if let Some(duration) = duration {
-        let elapsed = now.duration_since(started);
-        let elapsed = Duration::try_from(elapsed).unwrap_or_default();
-        if elapsed >= duration {
-            return Decision {
-                phase: Phase::Completed,
-                workload: Workload::Stopped,
-                started_at: Some(started),
-                completes_now: true,
-                requeue: IDLE_RECHECK,
-            };
-        }
-        return Decision {
-            phase: Phase::Running,
-            workload: Workload::Running,
-            started_at: Some(started),
-            completes_now: false,
-            // Wake up when the run ends; results are polled separately.
-            requeue: IDLE_RECHECK.min(duration - elapsed),
-        };
+    let Some(duration) = duration else {
+        return decision(
+            Phase::Running,
+            Workload::Running,
+            Some(started),
+            IDLE_RECHECK,
+        );
+    };
+    let elapsed = Duration::try_from(now.duration_since(started)).unwrap_or_default();
+    if elapsed < duration {
+        // Wake up when the run is due to end; results are polled separately.
+        return decision(
+            Phase::Running,
+            Workload::Running,
+            Some(started),
+            IDLE_RECHECK.min(duration - elapsed),
+        );
     }
-    Decision {
-        phase: Phase::Running,
-        workload: Workload::Running,
-        started_at: Some(started),
-        completes_now: false,
-        requeue: IDLE_RECHECK,
+    let completion = match &observed.trader {
+        TraderProgress::Settled => Some((
+            "FeedEnded",
+            "the exchange published for spec.duration and the trader received or recovered \
+             everything it could: the results are final"
+                .to_string(),
+        )),
+        TraderProgress::Unreachable(why) => Some((
+            "ResultsUnavailable",
+            format!(
+                "spec.duration has elapsed but the trader's results cannot be read ({why}); \
+                 the status keeps the last results read, which may be incomplete"
+            ),
+        )),
+        TraderProgress::Running | TraderProgress::NotRead if elapsed >= duration + SETTLE_GRACE => {
+            Some((
+                "SettleTimeout",
+                format!(
+                    "{}s after spec.duration the trader had still not received the end of \
+                     the feed, recovered every gap and written every trade to MongoDB; the \
+                     results are as they stood then",
+                    SETTLE_GRACE.as_secs()
+                ),
+            ))
+        }
+        TraderProgress::Running | TraderProgress::NotRead => None,
+    };
+    match completion {
+        Some(completion) => Decision {
+            phase: Phase::Completed,
+            workload: Workload::Stopped,
+            started_at: Some(started),
+            completes_now: true,
+            completion: Some(completion),
+            requeue: IDLE_RECHECK,
+        },
+        None => decision(
+            Phase::Running,
+            Workload::Running,
+            Some(started),
+            SETTLE_POLL,
+        ),
+    }
+}
+
+/// Whether the run is due to end: the trader's account decides how (read it first).
+pub fn due_to_end(experiment: &LatencyExperiment, now: Timestamp) -> bool {
+    let Some(status) = &experiment.status else {
+        return false;
+    };
+    if status.observed_generation != experiment.metadata.generation
+        || status.phase != Some(Phase::Running)
+    {
+        return false;
+    }
+    match (experiment.spec.run_duration(), &status.started_at) {
+        (Some(duration), Some(started)) => {
+            Duration::try_from(now.duration_since(started.0)).unwrap_or_default() >= duration
+        }
+        _ => false,
     }
 }
 
@@ -207,19 +288,27 @@ pub fn conditions(
         (None, _) => (false, "WorkloadsStarting", waiting_for(observed)),
     };
     push("Ready", ready, reason, message);
-    push(
-        "Completed",
-        decision.phase == Phase::Completed,
-        if decision.phase == Phase::Completed {
-            "DurationElapsed"
-        } else {
-            "Running"
-        },
-        match decision.phase {
-            Phase::Completed => "spec.duration has elapsed".to_string(),
-            _ => "the run has not ended".to_string(),
-        },
-    );
+    let previous_completed = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Completed" && c.status == "True");
+    match (&decision.completion, decision.phase, previous_completed) {
+        (Some((reason, message)), _, _) => push("Completed", true, reason, message.clone()),
+        // Completed before: keep saying why.
+        (None, Phase::Completed, Some(before)) => out.push(before.clone()),
+        (None, Phase::Completed, None) => push(
+            "Completed",
+            true,
+            "DurationElapsed",
+            "spec.duration has elapsed".to_string(),
+        ),
+        (None, _, _) => push(
+            "Completed",
+            false,
+            "Running",
+            "the run has not ended".to_string(),
+        ),
+    }
     out
 }
 
@@ -254,6 +343,7 @@ mod tests {
             trader_available: true,
             mongodb_ready: Some(true),
             failure: None,
+            trader: TraderProgress::NotRead,
         }
     }
 
@@ -299,10 +389,19 @@ mod tests {
             Duration::from_secs(2),
             "wakes up when the run ends"
         );
-        let d = decide(&e, &available(), t(10));
+        assert!(!due_to_end(&e, t(9)));
+        assert!(due_to_end(&e, t(10)));
+        let mut settled = available();
+        settled.trader = TraderProgress::Settled;
+        let d = decide(&e, &settled, t(10));
         assert_eq!(d.phase, Phase::Completed);
         assert_eq!(d.workload, Workload::Stopped);
         assert!(d.completes_now);
+        let c = conditions(&Default::default(), &d, &settled, Some(1), t(10));
+        assert_eq!(
+            (c[1].status.as_str(), c[1].reason.as_str()),
+            ("True", "FeedEnded")
+        );
 
         e.status.as_mut().unwrap().phase = Some(Phase::Completed);
         let stopped = Observed::default();
@@ -311,6 +410,49 @@ mod tests {
             (d.phase, d.workload, d.completes_now),
             (Phase::Completed, Workload::Stopped, false)
         );
+    }
+
+    #[test]
+    fn waits_for_the_trader_to_settle_within_a_grace_period() {
+        let mut e = experiment(SPEC);
+        e.status = Some(LatencyExperimentStatus {
+            phase: Some(Phase::Running),
+            observed_generation: Some(1),
+            started_at: Some(Time(t(0))),
+            ..Default::default()
+        });
+        let mut recovering = available();
+        recovering.trader = TraderProgress::Running;
+        let d = decide(&e, &recovering, t(12));
+        assert_eq!((d.phase, d.requeue), (Phase::Running, SETTLE_POLL));
+        let grace = i64::try_from(SETTLE_GRACE.as_secs()).unwrap();
+        let d = decide(&e, &recovering, t(10 + grace));
+        assert_eq!(d.phase, Phase::Completed);
+        assert_eq!(d.completion.as_ref().unwrap().0, "SettleTimeout");
+
+        // Unreachable: nothing to wait for; complete, and say the results may be
+        // incomplete.
+        let mut unreachable = available();
+        unreachable.trader = TraderProgress::Unreachable("connection refused".into());
+        let d = decide(&e, &unreachable, t(10));
+        assert_eq!(d.phase, Phase::Completed);
+        let (reason, message) = d.completion.clone().unwrap();
+        assert_eq!(reason, "ResultsUnavailable");
+        assert!(message.contains("connection refused"), "{message}");
+
+        // Once completed, the reason stays.
+        let first = conditions(&Default::default(), &d, &unreachable, Some(1), t(10));
+        e.status.as_mut().unwrap().phase = Some(Phase::Completed);
+        e.status.as_mut().unwrap().conditions = first.clone();
+        let later = decide(&e, &Observed::default(), t(100));
+        let again = conditions(
+            e.status.as_ref().unwrap(),
+            &later,
+            &Observed::default(),
+            Some(1),
+            t(100),
+        );
+        assert_eq!(again[1], first[1]);
     }
 
     #[test]

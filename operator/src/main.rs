@@ -30,7 +30,7 @@ use tracing::{error, info};
 )]
 struct Args {
     /// Address of the admin port (/metrics, /healthz, /readyz).
-    #[arg(long, env = "TICKLAB_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "TICKLAB_ADMIN_LISTEN", default_value = "[::]:8080")]
     admin_listen: SocketAddr,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "TICKLAB_WATCH_NAMESPACE")]

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use ticklab_crd::ExperimentResults;
 
 /// Where a trader's `/stats` is, with `{name}` (the experiment) and `{namespace}`.
@@ -33,6 +34,17 @@ pub enum ReadError {
     },
 }
 
+/// What a trader's `/stats` says: the results and whether the run is over for it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct TraderStats {
+    #[serde(flatten)]
+    pub results: ExperimentResults,
+    /// The exchange ended the session and nothing is missing any more: the results
+    /// are final.
+    #[serde(default)]
+    pub settled: bool,
+}
+
 impl ResultsReader {
     pub fn new(template: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
         Ok(Self {
@@ -48,8 +60,13 @@ impl ResultsReader {
     }
 
     /// The trader's current results (its `/stats` body is the results plus a few
-    /// fields about the session, which are ignored here).
+    /// fields about the session).
     pub async fn read(&self, name: &str, namespace: &str) -> Result<ExperimentResults, ReadError> {
+        Ok(self.read_stats(name, namespace).await?.results)
+    }
+
+    /// The trader's results and whether they are final.
+    pub async fn read_stats(&self, name: &str, namespace: &str) -> Result<TraderStats, ReadError> {
         let url = self.url(name, namespace);
         let response =
             self.http
@@ -67,7 +84,7 @@ impl ResultsReader {
             });
         }
         response
-            .json::<ExperimentResults>()
+            .json::<TraderStats>()
             .await
             .map_err(|source| ReadError::Decode { url, source })
     }

@@ -4,6 +4,8 @@
 //! external MongoDB, and the NetworkPolicy that isolates an experiment.
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use std::collections::BTreeMap;
@@ -94,8 +96,25 @@ fn udp_experiment_with_managed_mongodb() {
     let (exchange, trader) = configs(&c);
     assert_eq!(exchange.spec, e.spec.exchange);
     assert_eq!(
-        exchange.duration, None,
-        "the operator, not the exchange, ends a run"
+        exchange.duration,
+        Some(Duration::from_secs(30)),
+        "the exchange publishes for spec.duration from the trader's subscription"
+    );
+    // Every service listens on every address, IPv6 and IPv4 ([::] is dual-stack).
+    for addr in [
+        exchange.feed_listen,
+        exchange.retransmit_listen,
+        exchange.order_tcp_listen,
+        exchange.order_http_listen,
+        exchange.admin_listen,
+        trader.feed_udp_listen,
+        trader.api_listen,
+    ] {
+        assert!(addr.is_ipv6() && addr.ip().is_unspecified(), "{addr}");
+    }
+    assert!(
+        trader.mongodb_wait_seconds > 0,
+        "the trader waits for a MongoDB that starts after it"
     );
     assert_eq!(
         exchange.feed_udp_target.as_deref(),
@@ -166,6 +185,75 @@ fn udp_experiment_with_managed_mongodb() {
         .find(|p| p.port == 9100)
         .unwrap();
     assert_eq!(udp.protocol.as_deref(), Some("UDP"));
+}
+
+/// Memory (MiB) a container requests and is limited to.
+fn memory_mib(spec: &PodSpec) -> (u64, u64) {
+    let resources = spec.containers[0].resources.as_ref().unwrap();
+    let mib = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
+        q.0.strip_suffix("Mi").unwrap().parse::<u64>().unwrap()
+    };
+    (
+        mib(&resources.requests.as_ref().unwrap()["memory"]),
+        mib(&resources.limits.as_ref().unwrap()["memory"]),
+    )
+}
+
+#[test]
+fn memory_follows_the_buffers_the_spec_sizes() {
+    let mut e = fixture("udp-managed-mongodb.yaml");
+    let small = build(&e, Workload::Running);
+    let (exchange_request, exchange_limit) = memory_mib(pod(&small.exchange));
+    let (trader_request, trader_limit) = memory_mib(pod(&small.trader));
+    // The largest ring the CRD allows: 100 million messages of 65 bytes.
+    e.spec.exchange.retransmission_buffer = 100_000_000;
+    e.spec.trader.persistence.buffer_trades = 10_000_000;
+    let large = build(&e, Workload::Running);
+    let (big_request, big_limit) = memory_mib(pod(&large.exchange));
+    assert!(
+        big_limit >= exchange_limit + 6000 && big_request >= exchange_request + 6000,
+        "a 6.5 GB ring gets the memory it needs: {exchange_limit} -> {big_limit} MiB"
+    );
+    let (big_request, big_limit) = memory_mib(pod(&large.trader));
+    assert!(
+        big_limit > trader_limit + 500 && big_request > trader_request + 500,
+        "10 million queued trades get room: {trader_limit} -> {big_limit} MiB"
+    );
+    // Without persistence nothing is queued for the database.
+    e.spec.trader.persistence.enabled = false;
+    let none = build(&e, Workload::Running);
+    assert!(memory_mib(pod(&none.trader)).1 < trader_limit);
+}
+
+/// The official mongo image sets itself up on 127.0.0.1 first: liveness must not
+/// be a TCP probe on the pod's address (it would kill mongod mid-setup).
+#[test]
+fn managed_mongodb_is_not_killed_during_its_first_start() {
+    let c = build(&fixture("udp-managed-mongodb.yaml"), Workload::Running);
+    let statefulset = &c.mongodb.as_ref().unwrap().statefulset;
+    let container = &statefulset
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let startup = container.startup_probe.as_ref().expect("a startup probe");
+    let liveness = container.liveness_probe.as_ref().unwrap();
+    for probe in [startup, liveness] {
+        assert!(probe.tcp_socket.is_none() && probe.http_get.is_none());
+        let command = probe.exec.as_ref().unwrap().command.as_ref().unwrap();
+        assert_eq!(command[0], "mongosh", "{command:?}");
+    }
+    let budget = startup.period_seconds.unwrap() * startup.failure_threshold.unwrap();
+    assert!(budget >= 120, "a slow first start has {budget}s");
+    let readiness = container.readiness_probe.as_ref().unwrap();
+    assert!(
+        readiness.tcp_socket.is_some(),
+        "ready only once mongod listens on the pod's address"
+    );
 }
 
 #[test]
