@@ -73,6 +73,30 @@ fn assert_exactly_once(report: &Value) {
     assert!(latency["p50Micros"].as_f64().unwrap() <= latency["p99Micros"].as_f64().unwrap());
 }
 
+/// Datagrams the kernel has dropped on receive in this network namespace so far:
+/// UDP receive errors (a full socket buffer) and full per-CPU backlogs. On loopback
+/// they are the only way a datagram goes missing, and they happen when a receiver
+/// is descheduled long enough, which a loaded machine does. The counters are
+/// shared with whatever else runs, so a rise only says "maybe ours".
+fn kernel_udp_drops() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let in_errors: u64 = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "InErrors")
+        .map(|(_, value)| value.parse().unwrap())
+        .unwrap();
+    let backlog: u64 = std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|hex| u64::from_str_radix(hex, 16).unwrap())
+        .sum();
+    in_errors + backlog
+}
+
 #[test]
 fn every_transport_delivers_every_trade_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,10 +108,16 @@ fn every_transport_delivers_every_trade_exactly_once() {
                 "  exchange:\n    symbols: [EURUSD, BTCUSD]\n    ratePerSecond: 20000\n    transport: {transport}\n  duration: 1s\n"
             ),
         );
+        let drops_before = kernel_udp_drops();
         let report = run_json(&file, &[]);
+        let kernel_dropped = kernel_udp_drops().saturating_sub(drops_before);
         assert_eq!(report["transport"], transport);
         assert_exactly_once(&report);
-        assert_eq!(u(&report, "gaps"), 0, "{transport}: {report}");
+        // A UDP datagram the kernel dropped under load is a gap the trader must
+        // recover (exactly once still holds); with no such drop there is none.
+        if transport != "udp" || kernel_dropped == 0 {
+            assert_eq!(u(&report, "gaps"), 0, "{transport}: {report}");
+        }
         let source = report["results"]["timestampSource"].as_str().unwrap();
         assert_eq!(source, if transport == "udp" { "kernel" } else { "user" });
         // The strategy trades on the feed; every order got an answer.
@@ -103,7 +133,9 @@ fn dropped_packets_are_detected_and_recovered() {
         "lossy",
         "  exchange:\n    symbols: [EURUSD, USDJPY, ETHUSD]\n    ratePerSecond: 30000\n    faults:\n      dropPercent: 5\n  duration: 1s\n",
     );
+    let drops_before = kernel_udp_drops();
     let report = run_json(&file, &[]);
+    let kernel_dropped = kernel_udp_drops().saturating_sub(drops_before);
     assert_exactly_once(&report);
     let dropped = report["exchange"]["packetsDroppedByFault"]
         .as_u64()
@@ -113,7 +145,12 @@ fn dropped_packets_are_detected_and_recovered() {
         u(&report, "gaps") > 0 && u(&report, "recovered") > 0,
         "{report}"
     );
-    assert!(u(&report, "gaps") <= dropped, "{report}");
+    // Each gap is a run of dropped packets: by the fault, or by a kernel that ran
+    // out of buffer while the trader was descheduled.
+    assert!(
+        u(&report, "gaps") <= dropped + kernel_dropped,
+        "{kernel_dropped} dropped by the kernel: {report}"
+    );
 }
 
 #[test]
@@ -291,24 +328,71 @@ fn version_is_printed() {
         .stdout(predicates::str::contains(env!("CARGO_PKG_VERSION")));
 }
 
-#[test]
-fn ctrl_c_ends_the_session_cleanly_and_still_reports() {
+/// A child process killed when dropped, so a failing test leaves no run behind.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn ctrl_c_ends_the_session_cleanly_and_still_reports() {
     let dir = tempfile::tempdir().unwrap();
     let file = experiment(
         dir.path(),
         "until-interrupted",
         "  exchange:\n    symbols: [EURUSD, USDJPY]\n    ratePerSecond: 5000\n",
     );
-    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ticklab"))
-        .arg("run")
-        .arg(&file)
-        .args(["--output", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Let trades flow (no duration: it would run forever), then interrupt it.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Running(Some(
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("ticklab"))
+            .arg("run")
+            .arg(&file)
+            .args(["--output", "json", "--trader-port", &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    // Interrupted once trades flow (no duration: it would run forever), which the
+    // trader's /stats shows; by then the signal handler, set up before anything
+    // starts, is long in place. A fixed sleep can fall before either on a cold,
+    // loaded machine.
+    let stats = format!("http://127.0.0.1:{port}/stats");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let running = child.0.as_mut().unwrap();
+        if let Some(status) = running.try_wait().unwrap() {
+            let out = child.0.take().unwrap().wait_with_output().unwrap();
+            panic!(
+                "ticklab run exited ({status}) before trades flowed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let received = async {
+            let stats: Value = reqwest::get(&stats).await.ok()?.json().await.ok()?;
+            stats["received"].as_u64()
+        }
+        .await;
+        if received.is_some_and(|n| n > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no trades received within 60 s (last /stats: {received:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let child = child.0.take().unwrap();
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

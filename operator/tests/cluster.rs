@@ -103,6 +103,35 @@ fn expected_children(name: &str) -> Vec<String> {
     v
 }
 
+/// The generation of each operator-managed Deployment in `ns`, once the deployment
+/// controller has observed it (so the ReplicaSets of that generation exist).
+async fn observed_deployments(client: &Client, ns: &str) -> BTreeMap<String, i64> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        "Deployments observed by their controller",
+        Duration::from_secs(30),
+        || {
+            let deployments = deployments.clone();
+            async move {
+                let list = deployments
+                    .list(&ListParams::default().labels(SELECTOR))
+                    .await
+                    .ok()?;
+                let mut generations = BTreeMap::new();
+                for d in list {
+                    let generation = d.metadata.generation?;
+                    if d.status.as_ref()?.observed_generation != Some(generation) {
+                        return None;
+                    }
+                    generations.insert(d.name_any(), generation);
+                }
+                (!generations.is_empty()).then_some(generations)
+            }
+        },
+    )
+    .await
+}
+
 const SPEC: &str = r#"{"exchange": {"symbols": ["EURUSD", "BTCUSD"], "ratePerSecond": 2000}}"#;
 
 fn spec() -> Value {
@@ -344,17 +373,28 @@ async fn an_experiment_runs_completes_and_is_removed_with_its_children() {
             .iter()
             .find(|c| c.type_ == "Completed")
             .unwrap();
+        // kwok's pods run nothing: no trader answers, and the condition says the
+        // results could not be read rather than calling them final.
         assert_eq!(
             (done.status.as_str(), done.reason.as_str()),
-            ("True", "DurationElapsed")
+            ("True", "ResultsUnavailable"),
+            "{done:?}"
         );
+        assert!(done.message.contains("cannot be read"), "{done:?}");
         for name in ["lab-exchange", "lab-trader"] {
-            let d = deployments.get(name).await.unwrap();
-            assert_eq!(d.spec.unwrap().replicas, Some(0), "{name}");
+            wait_for(
+                &format!("{name} scaled to zero"),
+                Duration::from_secs(30),
+                || async {
+                    let d = deployments.get(name).await.ok()?;
+                    (d.spec?.replicas == Some(0)).then_some(())
+                },
+            )
+            .await;
         }
         let reasons = wait_for(
             "events Pending, Running, Completed",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || {
                 let client = client.clone();
                 let ns = ns.clone();
@@ -434,22 +474,29 @@ async fn a_spec_change_updates_the_children_and_rolls_the_pods() {
             },
         )
         .await;
-        let exchange = deployments.get("lab-exchange").await.unwrap();
-        assert_ne!(
-            hash(&exchange),
-            before,
-            "a new configuration rolls the exchange"
-        );
-        let trader = deployments.get("lab-trader").await.unwrap();
-        let affinity = trader
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .affinity
-            .unwrap();
-        assert!(affinity.pod_anti_affinity.is_some() && affinity.pod_affinity.is_none());
+        // The children are applied concurrently: the new ConfigMap says nothing about
+        // the Deployments yet. A new configuration rolls the exchange, and
+        // differentNodes turns the trader's affinity into anti-affinity.
+        let affinity_of = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.affinity.clone())
+        };
+        wait_for(
+            "the exchange rolled and the trader apart from it",
+            Duration::from_secs(30),
+            || async {
+                let exchange = deployments.get("lab-exchange").await.ok()?;
+                let trader = deployments.get("lab-trader").await.ok()?;
+                let affinity = affinity_of(&trader)?;
+                (hash(&exchange) != before
+                    && affinity.pod_anti_affinity.is_some()
+                    && affinity.pod_affinity.is_none())
+                .then_some(())
+            },
+        )
+        .await;
         // The controller-manager rolled out a new ReplicaSet for the new template.
         wait_for(
             "a second exchange ReplicaSet",
@@ -470,11 +517,6 @@ async fn a_spec_change_updates_the_children_and_rolls_the_pods() {
             },
         )
         .await;
-        assert_eq!(
-            secrets.get("lab-mongodb").await.unwrap().data.unwrap()["password"],
-            password,
-            "the generated password survives reconciles"
-        );
         let e = wait_for("status of generation 2", Duration::from_secs(30), || {
             let client = client.clone();
             let ns = ns.clone();
@@ -485,6 +527,13 @@ async fn a_spec_change_updates_the_children_and_rolls_the_pods() {
         })
         .await;
         assert_eq!(e.metadata.generation, Some(2));
+        // Checked after the reconcile of generation 2 has written its status, that
+        // is after it applied every child, the Secret included.
+        assert_eq!(
+            secrets.get("lab-mongodb").await.unwrap().data.unwrap()["password"],
+            password,
+            "the generated password survives reconciles"
+        );
     })
     .await;
 }
@@ -496,6 +545,7 @@ async fn an_operator_restart_creates_no_duplicate_children() {
         create(&client, &ns, &experiment("lab", spec())).await;
         wait_phase(&client, &ns, "lab", Phase::Running, Duration::from_secs(60)).await;
         let before = children_of(&client, &ns).await;
+        let generations = observed_deployments(&client, &ns).await;
         let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
         let replica_sets = sets.list(&ListParams::default()).await.unwrap().items.len();
         first.kill();
@@ -518,6 +568,14 @@ async fn an_operator_restart_creates_no_duplicate_children() {
         .await;
         let after = children_of(&client, &ns).await;
         assert_eq!(before, after, "same children, same uids");
+        // Its writes are done (a second reconcile starts after the first ends), but
+        // a rollout they caused is the deployment controller's, later: wait until it
+        // has seen the latest generation of every Deployment before counting.
+        assert_eq!(
+            observed_deployments(&client, &ns).await,
+            generations,
+            "no pod template change"
+        );
         assert_eq!(
             sets.list(&ListParams::default()).await.unwrap().items.len(),
             replica_sets,
@@ -559,14 +617,26 @@ async fn two_operators_elect_one_leader_and_the_other_takes_over() {
             (leader.metric("ticklab_operator_leader").await? == 1.0).then_some(())
         })
         .await;
-        assert_eq!(standby.metric("ticklab_operator_leader").await, Some(0.0));
+        // Both start cold: the standby's admin port may come up well after the leader
+        // won. Ready means it is configured and in the election, so an experiment
+        // created from here on is one a standby that wrongly reconciled would touch.
+        standby.wait_ready(Duration::from_secs(30)).await;
+        assert_eq!(
+            standby
+                .wait_metric("ticklab_operator_leader", Duration::from_secs(10))
+                .await,
+            0.0
+        );
         create(&client, &ns, &experiment("one", spec())).await;
         wait_phase(&client, &ns, "one", Phase::Running, Duration::from_secs(60)).await;
         assert_eq!(
             standby
-                .metric("ticklab_operator_reconciliations_total")
+                .wait_metric(
+                    "ticklab_operator_reconciliations_total",
+                    Duration::from_secs(10)
+                )
                 .await,
-            Some(0.0),
+            0.0,
             "the standby waits"
         );
 
@@ -584,7 +654,12 @@ async fn two_operators_elect_one_leader_and_the_other_takes_over() {
         .await;
         create(&client, &ns, &experiment("two", spec())).await;
         wait_phase(&client, &ns, "two", Phase::Running, Duration::from_secs(60)).await;
-        assert_eq!(standby.metric("ticklab_operator_leader").await, Some(1.0));
+        wait_for(
+            "the new leader's gauge",
+            Duration::from_secs(10),
+            || async { (standby.metric("ticklab_operator_leader").await? == 1.0).then_some(()) },
+        )
+        .await;
     })
     .await;
 }
@@ -602,17 +677,23 @@ async fn results_come_from_the_trader_and_stay_after_completion() {
         let stats_url = format!("http://{}/stats", pair.trader_api);
         let _operator = Operator::start(&ns, "results", &["--stats-url", &stats_url]);
         create(&client, &ns, &lab).await;
+        // The trader's counts and its latency summary are published separately (the
+        // latency by a merger thread), so a first /stats with trades in it may not
+        // have the latency yet: wait for results that have both, and a verdict.
         let running = wait_for("results in status", Duration::from_secs(60), || {
             let client = client.clone();
             let ns = ns.clone();
             async move {
                 let e = get(&client, &ns, "lab").await;
-                (e.status.as_ref()?.results.as_ref()?.received > 0).then_some(e)
+                let results = e.status.as_ref()?.results.as_ref()?;
+                (results.received > 0
+                    && results.feed_latency.is_some()
+                    && results.slo_verdict.is_some())
+                .then_some(e)
             }
         })
         .await;
         let results = running.status.unwrap().results.unwrap();
-        assert!(results.feed_latency.is_some());
         assert_eq!(results.slo_verdict, Some(SloVerdict::Met));
 
         let completed = wait_phase(
@@ -628,6 +709,21 @@ async fn results_come_from_the_trader_and_stay_after_completion() {
         assert!(
             final_results.received >= results.received,
             "final results read as the run ended"
+        );
+        // The run ended when the trader had the whole feed: final, not cut short.
+        let completed_condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Completed")
+            .unwrap();
+        assert_eq!(
+            completed_condition.reason, "FeedEnded",
+            "{completed_condition:?}"
+        );
+        assert_eq!(
+            final_results.sent,
+            pair.published(),
+            "the final results count every trade the exchange published: {final_results:?}"
         );
         let slo = status
             .conditions
@@ -658,7 +754,14 @@ async fn a_missing_external_mongodb_secret_fails_the_experiment_with_a_reason() 
             .unwrap();
         assert_eq!(ready.reason, "SecretNotFound");
         assert!(ready.message.contains("\"shared-db\""), "{}", ready.message);
-        // No operator-managed MongoDB when an external one is named.
+        // No operator-managed MongoDB when an external one is named: checked once the
+        // operator has applied the experiment's children, when a StatefulSet it
+        // wrongly built would exist too.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        wait_for("the trader Deployment", Duration::from_secs(30), || async {
+            deployments.get_opt("lab-trader").await.ok()?.map(|_| ())
+        })
+        .await;
         let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
         assert!(
             sets.list(&ListParams::default())
@@ -731,6 +834,7 @@ mod support_pair {
                     order_http: "http://127.0.0.1:1".into(),
                     api_listen: loopback(0),
                     mongodb_uri: None,
+                    mongodb_wait_seconds: 0,
                     slo: spec.slo.clone(),
                     recovery_timeout_ms: 50,
                 },
@@ -739,10 +843,12 @@ mod support_pair {
             )
             .await
             .unwrap();
+            // As in a pod: the feed runs for spec.duration from the trader's
+            // subscription, then the session ends.
             let mut config = ExchangeConfig::local(
                 "lab",
                 spec.exchange.clone(),
-                None,
+                spec.run_duration(),
                 trader.addrs.feed_udp.map(|a| a.to_string()),
             );
             config.retransmit_listen = retransmit;
@@ -756,6 +862,13 @@ mod support_pair {
                 trader,
                 exchange,
             }
+        }
+
+        pub fn published(&self) -> u64 {
+            self.exchange
+                .stats
+                .trades_published
+                .load(std::sync::atomic::Ordering::Acquire)
         }
 
         pub async fn stop(self) {

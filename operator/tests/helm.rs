@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -339,6 +340,27 @@ async fn dynamic(
         .unwrap()
 }
 
+/// Waits until `sa` may list LatencyExperiments in `ns` (and, with `lease`, read that
+/// leader Lease). The API server's RBAC authorizer learns of new Roles and bindings
+/// through a watch, so a request made right after `helm install` can be refused
+/// while the grant is still on its way.
+async fn wait_until_authorized(sa: &Client, ns: &str, lease: Option<&str>) {
+    let experiments: Api<LatencyExperiment> = Api::namespaced(sa.clone(), ns);
+    let leases: Api<Lease> = Api::namespaced(sa.clone(), ns);
+    wait_for(
+        "the chart's RBAC in effect for its ServiceAccount",
+        Duration::from_secs(30),
+        || async {
+            experiments.list(&ListParams::default()).await.ok()?;
+            if let Some(lease) = lease {
+                leases.get_opt(lease).await.ok()?;
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
 fn is_subset(small: &BTreeMap<String, String>, big: &BTreeMap<String, String>) -> bool {
     small.iter().all(|(k, v)| big.get(k) == Some(v))
 }
@@ -357,8 +379,17 @@ async fn chart_with_every_feature_installs_and_its_operator_reconciles_with_only
 
         // Two operator replicas, admitted under the restricted standard, Ready.
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        let deployment = deployments.get(&operator_name).await.unwrap();
-        assert_eq!(deployment.status.as_ref().unwrap().ready_replicas, Some(2));
+        // `helm install --wait` waited for the rollout, but the Deployment's status is
+        // the controller's to write and may trail what Helm saw of the pods.
+        let deployment = wait_for(
+            "2 ready operator replicas",
+            Duration::from_secs(60),
+            || async {
+                let d = deployments.get(&operator_name).await.ok()?;
+                (d.status.as_ref()?.ready_replicas == Some(2)).then_some(d)
+            },
+        )
+        .await;
         let operator_pods = running_pods(
             &client,
             &ns,
@@ -473,6 +504,12 @@ async fn chart_with_every_feature_installs_and_its_operator_reconciles_with_only
 
         // The operator as the chart runs it, with nothing but the chart's RBAC.
         let as_operator = service_account_kubeconfig(&client, &ns, &operator_name).await;
+        wait_until_authorized(
+            &client_from(as_operator.path()).await,
+            &ns,
+            Some(&operator_name),
+        )
+        .await;
         let mut operator = start_chart_operator(
             &deployment,
             as_operator.path(),
@@ -580,12 +617,14 @@ async fn chart_with_every_feature_installs_and_its_operator_reconciles_with_only
             },
         )
         .await;
+        // Stopped first, so the log read is the whole of it, shutdown included.
+        let code = operator.stop();
         let log = operator.log();
+        assert_eq!(code, Some(0), "log:\n{log}");
         assert!(
             !log.to_lowercase().contains("forbidden"),
             "the chart's RBAC fell short:\n{log}"
         );
-        assert_eq!(operator.stop(), Some(0), "log:\n{log}");
 
         // The documented CRD upgrade (Helm never upgrades crds/).
         let kubectl = support::kubectl().unwrap();
@@ -659,16 +698,12 @@ async fn namespaced_install_reads_nothing_outside_its_namespace() {
                 .is_empty()
         );
 
-        // What the ServiceAccount may and may not do.
+        // What the ServiceAccount may and may not do: what it may first, polled, so
+        // the refusals below are the chart's and not a grant still on its way.
         let as_operator = service_account_kubeconfig(&client, &ns, &operator_name).await;
         let sa = client_from(as_operator.path()).await;
         let forbidden = |e: kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403);
-        assert!(
-            Api::<LatencyExperiment>::namespaced(sa.clone(), &ns)
-                .list(&ListParams::default())
-                .await
-                .is_ok()
-        );
+        wait_until_authorized(&sa, &ns, None).await;
         let everywhere = Api::<LatencyExperiment>::all(sa.clone())
             .list(&ListParams::default())
             .await;
@@ -704,12 +739,14 @@ async fn namespaced_install_reads_nothing_outside_its_namespace() {
                 .unwrap()
                 .is_some()
         );
+        // Stopped first, so the log read is the whole of it, shutdown included.
+        let code = operator.stop();
         let log = operator.log();
+        assert_eq!(code, Some(0), "log:\n{log}");
         assert!(
             !log.to_lowercase().contains("forbidden"),
             "the chart's RBAC fell short:\n{log}"
         );
-        assert_eq!(operator.stop(), Some(0), "log:\n{log}");
         drop(release);
     })
     .await;

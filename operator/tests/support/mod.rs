@@ -315,3 +315,37 @@ pub async fn event_reasons(client: &Client, ns: &str, object: &str) -> Vec<Strin
     });
     list.into_iter().filter_map(|e| e.reason).collect()
 }
+
+impl Operator {
+    /// Waits until the operator's `/readyz` answers 200: it has checked its CRDs and
+    /// is configured, so from here on it is in the election (or reconciling). The
+    /// binary starts cold, and its admin port may come up seconds after another
+    /// replica's, so this is polled, never assumed.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let url = format!("http://{}/readyz", self.admin);
+        wait_for(
+            &format!("operator {} ready", self.identity),
+            timeout,
+            || {
+                let url = url.clone();
+                async move {
+                    let response = reqwest::get(url).await.ok()?;
+                    response.status().is_success().then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Polls `/metrics` until it serves `name` and returns its value: unlike
+    /// [`Operator::metric`], an admin port not up yet is waited for, not read as
+    /// "no value".
+    pub async fn wait_metric(&self, name: &str, timeout: Duration) -> f64 {
+        wait_for(
+            &format!("{name} from operator {}", self.identity),
+            timeout,
+            || self.metric(name),
+        )
+        .await
+    }
+}
