@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Starts or stops a real Kubernetes control plane on loopback for the operator tests:
-# etcd, kube-apiserver (RBAC on, CEL validation, server-side apply, Pod Security
-# admission, owner-reference permission enforcement), kube-controller-
-# manager (garbage collector, Deployments -> ReplicaSets -> Pods, StatefulSets),
-# kube-scheduler, and kwok, which plays the kubelet for two fake nodes so scheduled
-# pods become Running and Ready. No container runs: pods exist only as API objects.
+# Starts or stops a real Kubernetes cluster on this machine for the tests: etcd,
+# kube-apiserver (RBAC on, CEL validation, server-side apply, Pod Security admission,
+# owner-reference permission enforcement), kube-controller-manager (garbage
+# collector, Deployments -> ReplicaSets -> Pods, StatefulSets), kube-scheduler; kwok,
+# which plays the kubelet for two fake nodes (pods there exist only as API objects,
+# room for hundreds); and a real node (scripts/node.sh: kubelet, containerd, runc,
+# CNI, kube-proxy, CoreDNS) where pods really run. The real node is tainted: a
+# namespace opts in with the annotations `scripts/node.sh` documents.
 #   scripts/control-plane.sh start STATE_DIR   prints the admin kubeconfig path; a
 #                                              second, empty API server's is beside it
 #                                              (STATE_DIR/kubeconfig-bare)
 #   scripts/control-plane.sh stop STATE_DIR
+# TICKLAB_REAL_NODE=0 leaves the real node out (the API server then listens on
+# 127.0.0.1 only).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=scripts/tools/lib.sh
@@ -36,10 +40,11 @@ alive_or_die() {
   fi
 }
 
-# Certificates: a CA, the apiserver's serving certificate for 127.0.0.1 (rustls
-# checks names strictly), and the service-account signing key.
+# Certificates: a CA, the apiserver's serving certificate for its address (rustls
+# checks names strictly) and the `kubernetes` Service's, the client certificate it
+# shows the real node's kubelet, and the service-account signing key.
 make_certs() {
-  local pki="$state/pki"
+  local api_ip="$1" pki="$state/pki"
   mkdir -p "$pki"
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=ticklab-test-ca" \
     -keyout "$pki/ca.key" -out "$pki/ca.crt" \
@@ -48,23 +53,29 @@ make_certs() {
     -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
   printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
     "extendedKeyUsage=serverAuth" \
-    "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc" \
+    "subjectAltName=IP:$api_ip,IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
     >"$pki/apiserver.ext"
   openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 30 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -keyout "$pki/kubelet-client.key" -out "$pki/kubelet-client.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+    "extendedKeyUsage=clientAuth" >"$pki/kubelet-client.ext"
+  openssl x509 -req -in "$pki/kubelet-client.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 30 -extfile "$pki/kubelet-client.ext" -out "$pki/kubelet-client.crt" 2>/dev/null
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 }
 
 write_kubeconfig() {
-  local token="$1" port="$2"
+  local token="$1" address="$2"
   cat >"$state/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: ticklab-test
   cluster:
-    server: https://127.0.0.1:$port
+    server: https://$address
     certificate-authority-data: $(base64 -w0 "$state/pki/ca.crt")
 users:
 - name: admin
@@ -105,14 +116,19 @@ start() {
   state="$(cd "$state" && pwd)"
   local bin
   bin="$("$here/tools/kube.sh" | tail -n 1)"
-  local etcd_port peer_port api_port token
+  local etcd_port peer_port api_port token api_ip=127.0.0.1 real_node=""
+  if [ "${TICKLAB_REAL_NODE:-1}" != 0 ]; then
+    # The API server listens on the node's bridge address, which pods can route to.
+    api_ip="$("$here/node.sh" network "$state/node" | tail -n 1)"
+    real_node=1
+  fi
   etcd_port="$(free_port)"
   peer_port="$(free_port)"
   api_port="$(free_port)"
   token="$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
-  make_certs
+  make_certs "$api_ip"
   echo "$token,admin,admin,system:masters" >"$state/pki/tokens.csv"
-  write_kubeconfig "$token" "$api_port"
+  write_kubeconfig "$token" "$api_ip:$api_port"
   local kc="$state/kubeconfig"
 
   spawn etcd "$bin/etcd" --name ticklab-test --data-dir "$state/etcd" \
@@ -128,14 +144,17 @@ start() {
 
   spawn kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --bind-address "$api_ip" --advertise-address "$api_ip" --secure-port "$api_port" \
     --tls-cert-file "$state/pki/apiserver.crt" --tls-private-key-file "$state/pki/apiserver.key" \
     --client-ca-file "$state/pki/ca.crt" \
+    --kubelet-client-certificate "$state/pki/kubelet-client.crt" \
+    --kubelet-client-key "$state/pki/kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --token-auth-file "$state/pki/tokens.csv" --authorization-mode RBAC \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$state/pki/sa.pub" --service-account-signing-key-file "$state/pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
-    --enable-admission-plugins=OwnerReferencesPermissionEnforcement \
+    --enable-admission-plugins=OwnerReferencesPermissionEnforcement,PodNodeSelector,PodTolerationRestriction \
     --enable-priority-and-fairness=false --profiling=false
   local ready=""
   for _ in $(seq 1 300); do
@@ -157,7 +176,7 @@ start() {
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$state/pki/sa.pub" --service-account-signing-key-file "$state/pki/sa.key" \
     --service-cluster-ip-range 10.97.0.0/16 --enable-priority-and-fairness=false --profiling=false
-  sed "s#https://127.0.0.1:$api_port#https://127.0.0.1:$bare_port#" "$kc" >"$state/kubeconfig-bare"
+  sed "s#https://$api_ip:$api_port#https://127.0.0.1:$bare_port#" "$kc" >"$state/kubeconfig-bare"
 
   spawn kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$kc" \
     --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
@@ -169,7 +188,7 @@ start() {
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false --profiling=false
   spawn kwok "$bin/kwok" --kubeconfig "$kc" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --cidr=10.244.0.1/16 --node-ip=10.0.0.1 --node-lease-duration-seconds=40 \
+    --cidr=10.245.0.1/16 --node-ip=10.0.0.1 --node-lease-duration-seconds=40 \
     --server-address=""
 
   for n in kwok-node-0 kwok-node-1; do
@@ -197,12 +216,16 @@ start() {
     sleep 0.2
   done
   [ -n "$ready" ] || die "the second (empty) kube-apiserver is not ready in 60 s"
+  if [ -n "$real_node" ]; then
+    "$here/node.sh" start "$state/node" "$kc" >/dev/null
+  fi
   echo "$bin" >"$state/bin-dir"
   echo "$kc"
 }
 
 stop() {
   state="$1"
+  "$here/node.sh" stop "$state/node"
   [ -d "$state/pids" ] || return 0
   local name pid
   # Reverse order of start: clients first, etcd last.

@@ -2,11 +2,14 @@
 # Runs every ticklab test on this machine, a fresh one included: installs what the
 # tests need (tools are built once and cached outside the repo, by version), starts a
 # MongoDB-wire server (FerretDB) for the persistence tests and a real Kubernetes
-# control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) for the
-# operator and Helm tests, then checks formatting, lints, the Helm chart (helm lint,
-# kubeconform, promtool), runs the whole test suite (a real Prometheus included),
-# builds the container image with buildah and runs it, and a short fuzzing pass.
-# Nothing is skipped.
+# cluster (etcd, kube-apiserver, controller-manager, scheduler; kwok's fake nodes for
+# scale and a real node — kubelet, containerd, runc, CNI, kube-proxy, CoreDNS — where
+# pods really run), checks formatting, lints and the Helm chart (helm lint,
+# kubeconform, promtool), builds the container image with buildah, checks it and
+# imports it into the real node with a FerretDB image, runs the whole test suite (a
+# real Prometheus included; the chart and the quickstart end to end in real pods),
+# and a short fuzzing pass. Nothing is skipped; everything started is stopped and
+# removed at the end, also on failure.
 #
 #   scripts/test.sh                 everything
 #   FUZZ_SECONDS=300 scripts/test.sh  fuzz longer
@@ -40,7 +43,7 @@ step "packaging tools: Helm, kubeconform, schemas (built once from pinned module
 TICKLAB_TEST_PACKAGING_TOOLS="$(scripts/tools/packaging.sh | tail -n 1)"
 export TICKLAB_TEST_PACKAGING_TOOLS
 
-step "Kubernetes control plane (built once from pinned Go modules)"
+step "Kubernetes cluster: control plane, kwok nodes, a real node (built once from pinned Go modules)"
 TICKLAB_TEST_KUBECONFIG="$(scripts/control-plane.sh start "$cluster" | tail -n 1)"
 export TICKLAB_TEST_KUBECONFIG
 echo "control plane at $TICKLAB_TEST_KUBECONFIG" >&2
@@ -63,12 +66,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "Helm chart, alert rules, example manifests"
 scripts/check-chart.sh
 
+step "container image (buildah), checked, and imported into the real node with FerretDB's"
+image="localhost/ticklab:dev"
+scripts/image.sh build --tag "$image"
+scripts/image.sh check --tag "$image"
+ferretdb_image="$(scripts/image/ferretdb.sh | tail -n 1)"
+scripts/node.sh import "$cluster/node" "$image" "$ferretdb_image"
+export TICKLAB_TEST_IMAGE="$image" TICKLAB_TEST_FERRETDB_IMAGE="$ferretdb_image"
+
 step "tests"
 cargo test --workspace --locked
-
-step "container image (buildah), and ticklab --version from it"
-scripts/image.sh build
-scripts/image.sh check
 
 step "fuzz (${FUZZ_SECONDS:-15}s per target)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-15}"

@@ -2,13 +2,16 @@
 # Installs the Debian packages tests and benchmarks use, only when one is missing:
 # sockperf (reference for the benchmarks), iproute2 and nftables (network namespaces
 # with packet loss), tcpdump, tshark and tcpreplay (capture and replay), jq, curl,
-# buildah (builds the container image without a daemon) and prometheus (a real server
-# scrapes a local run in the packaging tests; the package ships promtool too).
+# buildah (builds the container image without a daemon), prometheus (a real server
+# scrapes a local run and the real node's pods; the package ships promtool too), and
+# for the test cluster's real node containerd, runc, the CNI plugins, and gcc with
+# the static C library (the pod sandbox's pause program).
 set -euo pipefail
 # shellcheck source=scripts/tools/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-packages=(sockperf iproute2 nftables tcpdump tshark tcpreplay jq curl procps buildah prometheus)
+packages=(sockperf iproute2 nftables tcpdump tshark tcpreplay jq curl procps buildah prometheus
+  containerd runc containernetworking-plugins gcc libc6-dev binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds FerretDB (the MongoDB-wire server the persistence tests talk to) from the Go
-# module proxy at a pinned version, once, into the tool cache; prints its path.
+# Builds FerretDB (the MongoDB-wire server the persistence tests talk to, on the host
+# and, in an image of its own, in the real node's pods) from the Go module proxy at a
+# pinned version, once, into the tool cache; prints its path. Static (no cgo: its
+# SQLite is pure Go), so the same binary runs in an image holding nothing else.
 set -euo pipefail
 # shellcheck source=scripts/tools/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 version="v1.24.0"
-dir="$TICKLAB_TOOLS/ferretdb-$version"
+dir="$TICKLAB_TOOLS/ferretdb-$version-static"
 bin="$dir/bin/ferretdb"
 if [ -x "$bin" ]; then
   echo "$bin"
@@ -26,6 +28,6 @@ chmod -R u+w "$work/src"
 echo "$version" > "$work/src/build/version/version.txt"
 echo "ticklab" > "$work/src/build/version/package.txt"
 mkdir -p "$dir/bin"
-(cd "$work/src" && GOBIN="$dir/bin" go install ./cmd/ferretdb)
+(cd "$work/src" && CGO_ENABLED=0 GOBIN="$dir/bin" go install -trimpath ./cmd/ferretdb)
 "$bin" --version >/dev/null 2>&1 || die "built FerretDB does not run: $bin"
 echo "$bin"
