@@ -331,6 +331,47 @@ import_cmd() {
   log "imported $* in $((SECONDS - started)) s"
 }
 
+# The machine-wide side of stopping: the pods' network namespaces, kube-proxy's and
+# kubelet's netfilter rules, the bridge, ip_forward, the pods' cgroups.
+machine_cleanup() {
+  # The pods' network namespaces, which containerd pins as /run/netns/cni-*: only
+  # the real node's CRI makes those (one real node per machine), and their veths go
+  # with them.
+  local netns
+  for netns in /run/netns/cni-*; do
+    [ -e "$netns" ] || continue
+    umount "$netns" 2>/dev/null || true
+    rm -f "$netns" 2>/dev/null || true
+  done
+  nft delete table ip kube-proxy 2>/dev/null || true
+  nft delete table ip6 kube-proxy 2>/dev/null || true
+  # kubelet's own iptables chains: its canaries, and KUBE-FIREWALL (drops DNATed
+  # traffic to 127.0.0.0/8) hooked into INPUT and OUTPUT.
+  local tables chain table
+  for tables in iptables ip6tables; do
+    command -v "$tables" >/dev/null 2>&1 || continue
+    for chain in INPUT OUTPUT; do
+      while "$tables" -w -D "$chain" -j KUBE-FIREWALL 2>/dev/null; do :; done
+    done
+    "$tables" -w -F KUBE-FIREWALL 2>/dev/null || true
+    "$tables" -w -X KUBE-FIREWALL 2>/dev/null || true
+    for table in mangle nat filter; do
+      "$tables" -w -t "$table" -X KUBE-KUBELET-CANARY 2>/dev/null || true
+    done
+    "$tables" -w -t mangle -X KUBE-IPTABLES-HINT 2>/dev/null || true
+  done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  if [ -f "$state/ip_forward.before" ]; then
+    sysctl -qw "net.ipv4.ip_forward=$(cat "$state/ip_forward.before")" || true
+  fi
+  rm -f "$OWNER_FILE"
+  # The pods' cgroups (cgroupfs driver), leaves first.
+  local root
+  for root in /sys/fs/cgroup/*/kubepods; do
+    [ -d "$root" ] && find "$root" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+}
+
 stop() {
   state="$1"
   [ -d "$state" ] || return 0
@@ -366,33 +407,17 @@ stop() {
     kill -9 "$pid" 2>/dev/null || true
     rm -f "$state/pids/containerd"
   fi
-  # The pods' network namespaces, which containerd pins as /run/netns/cni-*: only
-  # the real node's CRI makes those (one real node per machine), and their veths go
-  # with them.
-  local netns
-  for netns in /run/netns/cni-*; do
-    [ -e "$netns" ] || continue
-    umount "$netns" 2>/dev/null || true
-    rm -f "$netns" 2>/dev/null || true
-  done
   # Whatever kubelet and containerd left mounted (projected volumes, shm, rootfs),
   # deepest first.
   awk -v s="$state" 'index($2, s) == 1 { print $2 }' /proc/mounts | sort -r |
     while read -r mount; do umount -l "$mount" 2>/dev/null || true; done
-  nft delete table ip kube-proxy 2>/dev/null || true
-  nft delete table ip6 kube-proxy 2>/dev/null || true
-  if [ "$(cat "$OWNER_FILE" 2>/dev/null)" = "$state" ]; then
-    ip link del "$BRIDGE" 2>/dev/null || true
-    if [ -f "$state/ip_forward.before" ]; then
-      sysctl -qw "net.ipv4.ip_forward=$(cat "$state/ip_forward.before")" || true
-    fi
-    rm -f "$OWNER_FILE"
+  # What the node changed on the machine, only if this state owns the machine's
+  # real node (or no one does: a run killed before it wrote the owner file).
+  local owner
+  owner="$(cat "$OWNER_FILE" 2>/dev/null || true)"
+  if [ -z "$owner" ] || [ "$owner" = "$state" ]; then
+    machine_cleanup
   fi
-  # The pods' cgroups (cgroupfs driver), leaves first.
-  local root
-  for root in /sys/fs/cgroup/*/kubepods; do
-    [ -d "$root" ] && find "$root" -depth -type d -exec rmdir {} + 2>/dev/null || true
-  done
   chmod -R u+w "$state" 2>/dev/null || true
   rm -rf "$state" 2>/dev/null || true
 }
