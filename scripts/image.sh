@@ -9,7 +9,13 @@
 #   scripts/image.sh archive [--tag T] FILE   docker-archive tarball (kind load image-archive)
 #   scripts/image.sh builder                  prints buildah or docker: what the others use
 #
-# The tag defaults to localhost/ticklab:dev (manifests/kind/ticklab-values.yaml).
+# The tag defaults to localhost/ticklab:VERSION (the workspace version, the chart's
+# appVersion and the operator's default image: what the chart runs unless told
+# otherwise).
+#   scripts/image.sh build --in-container    compile inside the Containerfile's own
+#                                            build stage (rust:1.95-bookworm, pulled
+#                                            from a registry) instead of on the host:
+#                                            any OS, any distribution
 # IMAGE_BUILDER=buildah|docker chooses; buildah uses STORAGE_DRIVER (default vfs,
 # which works in containers and CI sandboxes) and BUILDAH_ISOLATION (default chroot).
 set -euo pipefail
@@ -17,14 +23,16 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/tools/lib.sh
 . scripts/tools/lib.sh
 
-usage() { die "usage: scripts/image.sh build|check|archive|builder [--tag T] [FILE]"; }
+usage() { die "usage: scripts/image.sh build|check|archive|builder [--tag T] [--in-container] [FILE]"; }
 [ "$#" -ge 1 ] || usage
 cmd="$1"
 shift
-tag="localhost/ticklab:dev"
+tag=""
+in_container=""
 args=()
 while [ "$#" -gt 0 ]; do
   case "$1" in
+    --in-container) in_container=1; shift ;;
     --tag) [ "$#" -ge 2 ] || usage; tag="$2"; shift 2 ;;
     --tag=*) tag="${1#--tag=}"; shift ;;
     -*) usage ;;
@@ -60,6 +68,7 @@ workspace_field() {
 }
 version="$(workspace_field version)"
 [ -n "$version" ] || die "no version in [workspace.package] of Cargo.toml"
+[ -n "$tag" ] || tag="localhost/ticklab:$version"
 
 image_exists() {
   case "$builder" in
@@ -71,6 +80,10 @@ image_exists() {
 build() {
   local started bin_dir rootfs size
   started="$(date +%s)"
+  if [ -n "$in_container" ]; then
+    build_in_container
+    return
+  fi
   log "cargo build --release (ticklab, ticklab-operator)"
   cargo build --release --locked -p ticklab -p ticklab-operator
   bin_dir="${CARGO_TARGET_DIR:-target}/release"
@@ -97,6 +110,20 @@ build() {
     docker) size="$(docker image inspect -f '{{.Size}}' "$tag" | awk '{ printf "%.1f MB", $1 / 1e6 }')" ;;
   esac
   log "built $tag with $builder in $(($(date +%s) - started))s: $size"
+  echo "$tag"
+}
+
+# The Containerfile's default stage: cargo runs in rust:1.95-bookworm, so the host
+# needs neither Rust nor glibc (macOS, Fedora, anything with docker or buildah).
+build_in_container() {
+  local build_args=(-f Containerfile --build-arg "VERSION=$version"
+    --build-arg "SOURCE=$(workspace_field repository)" -t "$tag")
+  log "building $tag inside the Containerfile's build stage (pulls the Rust image)"
+  case "$builder" in
+    buildah) bah bud --isolation "$BUILDAH_ISOLATION" "${build_args[@]}" . >&2 ;;
+    docker) docker build "${build_args[@]}" . >&2 ;;
+  esac
+  log "built $tag with $builder in $(($(date +%s) - started))s"
   echo "$tag"
 }
 

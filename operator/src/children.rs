@@ -90,7 +90,9 @@ pub struct ChildSettings {
 impl Default for ChildSettings {
     fn default() -> Self {
         Self {
-            image: "ghcr.io/ticklab/ticklab:0.1.0".into(),
+            // No registry publishes ticklab's image: users build it under this name
+            // (scripts/image.sh, scripts/kind-load.sh) or push it and say where.
+            image: format!("localhost/ticklab:{}", env!("CARGO_PKG_VERSION")),
             image_pull_policy: "IfNotPresent".into(),
             mongodb_image: "mongo:7.0".into(),
             default_mongodb_secret: None,
