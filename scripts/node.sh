@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A real node for the test cluster: containerd, runc and the CNI plugins from Debian,
-# kubelet and kube-proxy built from the control plane's own Kubernetes module, and
-# CoreDNS, so pods really run, reach each other and the API server through Services,
-# and resolve Service names. It joins the control plane `scripts/control-plane.sh`
+# kubelet and kube-proxy built from the control plane's own Kubernetes module,
+# CoreDNS, and kube-router's network policy controller, so pods really run, reach
+# each other and the API server through Services, resolve Service names, and are
+# kept apart by NetworkPolicies. It joins the control plane `scripts/control-plane.sh`
 # starts (which calls this script), beside the kwok nodes, and is tainted so only
 # pods meant for it land there (a namespace opts in, see `NAMESPACE ANNOTATIONS`).
 #
@@ -259,11 +260,12 @@ start() {
   kubeconfig="$(cd "$(dirname "$kubeconfig")" && pwd)/$(basename "$kubeconfig")"
   ca_dir="$(dirname "$kubeconfig")/pki"
   mkdir -p "$state/logs" "$state/pids"
-  for cmd in containerd containerd-shim-runc-v2 ctr runc buildah gcc nft; do need_cmd "$cmd"; done
+  for cmd in containerd containerd-shim-runc-v2 ctr runc buildah gcc nft iptables ipset; do need_cmd "$cmd"; done
   [ -x /usr/lib/cni/bridge ] || die "the CNI plugins are not installed (Debian: containernetworking-plugins)"
   bin="$("$here/tools/kube.sh" | tail -n 1)"
-  local coredns
+  local coredns kube_router
   coredns="$("$here/tools/coredns.sh" | tail -n 1)"
+  kube_router="$("$here/tools/kube-router.sh" | tail -n 1)"
   alive=""
 
   containerd_config
@@ -288,7 +290,14 @@ start() {
     --metrics-bind-address "127.0.0.1:$(free_port)" --healthz-bind-address "127.0.0.1:$(free_port)"
   coredns_config
   spawn coredns "$coredns" -conf "$state/Corefile"
-  alive="containerd kubelet kube-proxy coredns"
+  # NetworkPolicies enforced with iptables and ipsets on the node's pods (traffic
+  # between pods on the bridge included: br_netfilter hands it to iptables).
+  spawn kube-router "$kube_router" --kubeconfig "$kubeconfig" --hostname-override "$NODE_NAME" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --run-loadbalancer=false \
+    --enable-cni=false --enable-ipv4=true --enable-ipv6=false \
+    --service-cluster-ip-range "$SERVICE_RANGE" --health-port "$(free_port)" --metrics-port 0 \
+    --iptables-sync-period 1m -v 1
+  alive="containerd kubelet kube-proxy coredns kube-router"
   dns_service
   wait_until 60 "CoreDNS answering for kubernetes.default" dns_answers
   echo "$NODE_NAME"
@@ -331,6 +340,35 @@ import_cmd() {
   log "imported $* in $((SECONDS - started)) s"
 }
 
+# kube-router's chains (KUBE-ROUTER-*, KUBE-POD-FW-*, KUBE-NWPLCY-*, KUBE-SRC-*) and
+# the jumps into them from the built-in chains, then its ipsets. (Its own
+# --cleanup-config also tears down proxy and routing state it never made here.)
+kube_router_cleanup() {
+  command -v iptables-save >/dev/null 2>&1 || return 0
+  local pattern='KUBE-ROUTER-|KUBE-POD-FW-|KUBE-NWPLCY-|KUBE-SRC-'
+  local table chain rule
+  for table in filter nat mangle; do
+    # Rules in other chains that jump to kube-router's: deleted as listed.
+    iptables-save -t "$table" 2>/dev/null | grep -E "^-A " | grep -E -- "-j ($pattern)" |
+      grep -Ev "^-A ($pattern)" | sed 's/^-A /-D /' | while read -r rule; do
+        # eval: the rule's words as iptables-save quoted them (comments have spaces)
+        eval "iptables -w -t \"\$table\" $rule" 2>/dev/null || true
+      done
+    for chain in $(iptables-save -t "$table" 2>/dev/null | sed -n 's/^:\([^ ]*\) .*/\1/p' | grep -E "^($pattern)"); do
+      iptables -w -t "$table" -F "$chain" 2>/dev/null || true
+    done
+    for chain in $(iptables-save -t "$table" 2>/dev/null | sed -n 's/^:\([^ ]*\) .*/\1/p' | grep -E "^($pattern)"); do
+      iptables -w -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+  if command -v ipset >/dev/null 2>&1; then
+    local set
+    for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)'); do
+      ipset destroy "$set" 2>/dev/null || true
+    done
+  fi
+}
+
 # The machine-wide side of stopping: the pods' network namespaces, kube-proxy's and
 # kubelet's netfilter rules, the bridge, ip_forward, the pods' cgroups.
 machine_cleanup() {
@@ -345,6 +383,7 @@ machine_cleanup() {
   done
   nft delete table ip kube-proxy 2>/dev/null || true
   nft delete table ip6 kube-proxy 2>/dev/null || true
+  kube_router_cleanup
   # kubelet's own iptables chains: its canaries, and KUBE-FIREWALL (drops DNATed
   # traffic to 127.0.0.0/8) hooked into INPUT and OUTPUT.
   local tables chain table
@@ -378,7 +417,7 @@ stop() {
   state="$(cd "$state" && pwd)"
   local name pid
   # The node's agents first, so nothing restarts what is stopped below.
-  for name in coredns kube-proxy kubelet; do
+  for name in kube-router coredns kube-proxy kubelet; do
     [ -f "$state/pids/$name" ] || continue
     pid="$(cat "$state/pids/$name")"
     kill "$pid" 2>/dev/null || true

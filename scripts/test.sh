@@ -66,13 +66,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "Helm chart, alert rules, example manifests"
 scripts/check-chart.sh
 
-step "container image (buildah), checked, and imported into the real node with FerretDB's"
+step "container image (buildah), checked, and imported into the real node with the test images"
 image="localhost/ticklab:dev"
 scripts/image.sh build --tag "$image"
 scripts/image.sh check --tag "$image"
 ferretdb_image="$(scripts/image/ferretdb.sh | tail -n 1)"
-scripts/node.sh import "$cluster/node" "$image" "$ferretdb_image"
-export TICKLAB_TEST_IMAGE="$image" TICKLAB_TEST_FERRETDB_IMAGE="$ferretdb_image"
+probe_image="$(scripts/image/busybox.sh | tail -n 1)"
+scripts/node.sh import "$cluster/node" "$image" "$ferretdb_image" "$probe_image"
+export TICKLAB_TEST_IMAGE="$image" TICKLAB_TEST_FERRETDB_IMAGE="$ferretdb_image" \
+  TICKLAB_TEST_PROBE_IMAGE="$probe_image"
 
 step "tests"
 cargo test --workspace --locked

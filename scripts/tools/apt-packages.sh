@@ -4,14 +4,15 @@
 # with packet loss), tcpdump, tshark and tcpreplay (capture and replay), jq, curl,
 # buildah (builds the container image without a daemon), prometheus (a real server
 # scrapes a local run and the real node's pods; the package ships promtool too), and
-# for the test cluster's real node containerd, runc, the CNI plugins, and gcc with
-# the static C library (the pod sandbox's pause program).
+# for the test cluster's real node containerd, runc, the CNI plugins, iptables and
+# ipset (kube-router's NetworkPolicy enforcement), gcc with the static C library
+# (the pod sandbox's pause program) and busybox-static (a probe image).
 set -euo pipefail
 # shellcheck source=scripts/tools/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 packages=(sockperf iproute2 nftables tcpdump tshark tcpreplay jq curl procps buildah prometheus
-  containerd runc containernetworking-plugins gcc libc6-dev binutils)
+  containerd runc containernetworking-plugins iptables ipset gcc libc6-dev binutils busybox-static)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

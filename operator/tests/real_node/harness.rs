@@ -53,6 +53,14 @@ pub fn ferretdb_image() -> String {
     )
 }
 
+/// The busybox image the NetworkPolicy probes run (`scripts/image/busybox.sh`).
+pub fn probe_image() -> String {
+    env(
+        "TICKLAB_TEST_PROBE_IMAGE",
+        "builds the probe image and imports it into the real node",
+    )
+}
+
 fn packaging_tools() -> PathBuf {
     PathBuf::from(env(
         "TICKLAB_TEST_PACKAGING_TOOLS",

@@ -27,6 +27,11 @@ use serde_json::{Value, json};
 use support::{wait_for, with_temp_ns};
 use ticklab_crd::{LatencyExperiment, Phase, SloVerdict};
 
+/// One test at a time on the real node: its two cores, and the scheduler's CPU
+/// arithmetic (an experiment requests half a core), hold one test's pods; tests
+/// side by side would leave pods Pending and measure each other's load.
+static REAL_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Long enough for the checks made while a run goes on (logs, scrapes, recent
 /// trades); the example's 8 s can end before Prometheus has scraped twice on a
 /// loaded machine.
@@ -165,6 +170,7 @@ fn apply(ns: &str, experiment: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_runs_the_quickstart_over_udp_in_real_pods() {
+    let _node = REAL_NODE.lock().await;
     with_temp_ns("real-udp", |client, ns| async move {
         let _logs = DumpLogsOnFailure(ns.clone());
         let mut steps = Steps::new();
@@ -321,6 +327,7 @@ async fn the_chart_runs_the_quickstart_over_udp_in_real_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_and_websocket_run_in_real_pods_and_deleting_an_experiment_removes_its_pods() {
+    let _node = REAL_NODE.lock().await;
     with_temp_ns("real-streams", |client, ns| async move {
         let _logs = DumpLogsOnFailure(ns.clone());
         let mut steps = Steps::new();
@@ -384,6 +391,143 @@ async fn tcp_and_websocket_run_in_real_pods_and_deleting_an_experiment_removes_i
         .await;
         steps.done("deleted experiment's pods gone");
         eprintln!("TCP and WebSocket on the real node:\n{}", steps.report());
+    })
+    .await;
+}
+
+/// A pod that fetches `url` (retrying `attempts` times, a second apart) as a pod of
+/// `experiment` (its label), and whether it got an answer.
+async fn probe(
+    client: &Client,
+    ns: &str,
+    experiment: Option<&str>,
+    url: &str,
+    attempts: u32,
+) -> bool {
+    let name = format!("probe-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let labels = match experiment {
+        Some(e) => json!({"ticklab.dev/experiment": e, "app.kubernetes.io/component": "probe"}),
+        None => json!({"app.kubernetes.io/component": "probe"}),
+    };
+    let script = format!(
+        "b=/bin/busybox; for i in $($b seq {attempts}); do $b wget -q -T 2 -O /dev/null {url} && exit 0; $b sleep 1; done; exit 1"
+    );
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "probe", "image": harness::probe_image(), "imagePullPolicy": "Never",
+                "args": ["sh", "-c", script],
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    });
+    apply(ns, &pod);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let phase = wait_for(
+        &format!("probe {name} of {url} to finish"),
+        Duration::from_secs(60 + u64::from(attempts) * 4),
+        || async {
+            let phase = pods.get(&name).await.ok()?.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+    )
+    .await;
+    let _ = pods.delete(&name, &Default::default()).await;
+    phase == "Succeeded"
+}
+
+/// Waits until kube-router has a firewall chain for the pod at `ip`: from then on
+/// its NetworkPolicies hold for traffic to it.
+async fn wait_firewalled(ip: &str) {
+    wait_for(
+        &format!("kube-router's firewall for pod {ip}"),
+        Duration::from_secs(60),
+        || async {
+            let rules = std::process::Command::new("iptables-save")
+                .args(["-t", "filter"])
+                .output()
+                .ok()?;
+            let rules = String::from_utf8_lossy(&rules.stdout);
+            rules
+                .lines()
+                .any(|l| l.contains(&format!("-d {ip}/32")) && l.contains("KUBE-POD-FW-"))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_keep_experiments_apart_and_each_still_works() {
+    let _node = REAL_NODE.lock().await;
+    with_temp_ns("real-netpol", |client, ns| async move {
+        let _logs = DumpLogsOnFailure(ns.clone());
+        let mut steps = Steps::new();
+        // The chart's default: the operator gives each experiment a NetworkPolicy.
+        let _release = install(&client, &ns, &mut steps).await;
+        let base = example_experiments("quickstart.yaml", json!({"duration": null}))
+            .remove("quickstart")
+            .unwrap();
+        for name in ["desk-a", "desk-b"] {
+            let mut e = base.clone();
+            e["metadata"]["name"] = json!(name);
+            e["spec"].as_object_mut().unwrap().remove("duration");
+            e["spec"]["exchange"]["ratePerSecond"] = json!(2000);
+            e["spec"]["trader"]["persistence"] = json!({"enabled": false});
+            apply(&ns, &e);
+        }
+        for name in ["desk-a", "desk-b"] {
+            wait_running(&client, &ns, name, "exchange").await;
+            wait_running(&client, &ns, name, "trader").await;
+        }
+        let trader_b = pod_ip(&client, &ns, &component("desk-b", "trader")).await;
+        let trader_a = pod_ip(&client, &ns, &component("desk-a", "trader")).await;
+        wait_firewalled(&trader_a).await;
+        wait_firewalled(&trader_b).await;
+        steps.done("two experiments running, their traders firewalled");
+
+        let healthz = |e: &str| format!("http://{e}-trader.{ns}.svc:9190/healthz");
+        assert!(
+            probe(&client, &ns, Some("desk-a"), &healthz("desk-a"), 30).await,
+            "a pod of desk-a reaches desk-a's trader"
+        );
+        assert!(
+            !probe(&client, &ns, Some("desk-a"), &healthz("desk-b"), 3).await,
+            "a pod of desk-a must not reach desk-b's trader"
+        );
+        assert!(
+            !probe(&client, &ns, None, &healthz("desk-a"), 3).await,
+            "a pod of no experiment must not reach desk-a's trader"
+        );
+        assert!(
+            probe(&client, &ns, Some("desk-b"), &healthz("desk-b"), 30).await,
+            "a pod of desk-b reaches desk-b's trader"
+        );
+        steps.done("probes");
+
+        // Each experiment still works behind its policy: the feed, retransmission
+        // and orders flow, and the operator reads the trader's results.
+        for name in ["desk-a", "desk-b"] {
+            wait_for(
+                &format!("{name}'s results in its status, trades flowing and recovered"),
+                Duration::from_secs(60),
+                || async {
+                    let results = experiment(&client, &ns, name).await?.status?.results?;
+                    (results.received > 5000 && results.recovered > 0 && results.orders > 0)
+                        .then_some(())
+                },
+            )
+            .await;
+            let stats = trader_stats(&client, &ns, name).await.unwrap();
+            assert_eq!(u(&stats, "lost"), 0, "{name}: {stats}");
+        }
+        steps.done("both experiments working");
+        eprintln!("network policies on the real node:\n{}", steps.report());
     })
     .await;
 }
