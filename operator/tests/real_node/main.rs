@@ -395,23 +395,37 @@ async fn tcp_and_websocket_run_in_real_pods_and_deleting_an_experiment_removes_i
     .await;
 }
 
-/// A pod that fetches `url` (retrying `attempts` times, a second apart) as a pod of
-/// `experiment` (its label), and whether it got an answer.
+/// A pod that asks `target`'s trader for `/healthz` through its Service's ClusterIP
+/// (retrying `attempts` times, a second apart) as a pod of `experiment` (its label),
+/// and whether it got a 200. busybox's `nc` with a hand-written request: its `wget`
+/// crashes in an image with nothing else (a static glibc resolving names).
 async fn probe(
     client: &Client,
     ns: &str,
     experiment: Option<&str>,
-    url: &str,
+    target: &str,
     attempts: u32,
 ) -> bool {
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), ns);
+    let cluster_ip = services
+        .get(&format!("{target}-trader"))
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip
+        .unwrap();
     let name = format!("probe-{:06x}", rand::random::<u32>() & 0xff_ffff);
     let labels = match experiment {
         Some(e) => json!({"ticklab.dev/experiment": e, "app.kubernetes.io/component": "probe"}),
         None => json!({"app.kubernetes.io/component": "probe"}),
     };
     let script = format!(
-        "b=/bin/busybox; for i in $($b seq {attempts}); do $b wget -q -T 2 -O /dev/null {url} && exit 0; $b sleep 1; done; exit 1"
+        "b=/bin/busybox; for i in $($b seq {attempts}); do \
+         printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | $b nc -w 2 {cluster_ip} 9190 | $b grep -q ' 200 ' && exit 0; \
+         $b sleep 1; done; exit 1"
     );
+    let url = format!("{target}'s trader ({cluster_ip}:9190)");
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": labels},
@@ -491,21 +505,20 @@ async fn network_policies_keep_experiments_apart_and_each_still_works() {
         wait_firewalled(&trader_b).await;
         steps.done("two experiments running, their traders firewalled");
 
-        let healthz = |e: &str| format!("http://{e}-trader.{ns}.svc:9190/healthz");
         assert!(
-            probe(&client, &ns, Some("desk-a"), &healthz("desk-a"), 30).await,
+            probe(&client, &ns, Some("desk-a"), "desk-a", 30).await,
             "a pod of desk-a reaches desk-a's trader"
         );
         assert!(
-            !probe(&client, &ns, Some("desk-a"), &healthz("desk-b"), 3).await,
+            !probe(&client, &ns, Some("desk-a"), "desk-b", 3).await,
             "a pod of desk-a must not reach desk-b's trader"
         );
         assert!(
-            !probe(&client, &ns, None, &healthz("desk-a"), 3).await,
+            !probe(&client, &ns, None, "desk-a", 3).await,
             "a pod of no experiment must not reach desk-a's trader"
         );
         assert!(
-            probe(&client, &ns, Some("desk-b"), &healthz("desk-b"), 30).await,
+            probe(&client, &ns, Some("desk-b"), "desk-b", 30).await,
             "a pod of desk-b reaches desk-b's trader"
         );
         steps.done("probes");
