@@ -349,8 +349,8 @@ kube_router_cleanup() {
   local table chain rule
   for table in filter nat mangle; do
     # Rules in other chains that jump to kube-router's: deleted as listed.
-    iptables-save -t "$table" 2>/dev/null | grep -E "^-A " | grep -E -- "-j ($pattern)" |
-      grep -Ev "^-A ($pattern)" | sed 's/^-A /-D /' | while read -r rule; do
+    iptables-save -t "$table" 2>/dev/null | { grep -E -- "^-A .*-j ($pattern)" || true; } |
+      { grep -Ev "^-A ($pattern)" || true; } | sed 's/^-A /-D /' | while read -r rule; do
         # eval: the rule's words as iptables-save quoted them (comments have spaces)
         eval "iptables -w -t \"\$table\" $rule" 2>/dev/null || true
       done
