@@ -5,7 +5,9 @@
 # on one node against the same processes on loopback; each step from `kubectl apply`
 # to Completed; and the time to import the image into the node. Prints figures;
 # asserts nothing. Starts its own cluster (scripts/control-plane.sh) and stops it.
-#   bench/real-node.sh [DURATION]     default 30s
+#   bench/real-node.sh [DURATION]          default 30s
+#   PERSISTENCE=off bench/real-node.sh     trades not stored: the feed and orders
+#                                          without the database's load on the cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/tools/lib.sh
@@ -46,7 +48,8 @@ kubectl -n "$ns" rollout status deployment/ferretdb --timeout=120s >/dev/null
 # The quickstart as the example has it, for $duration, with a write buffer that
 # holds the run (the tests' FerretDB writes slower than the feed).
 kubectl apply --dry-run=client -o json -f manifests/examples/quickstart.yaml |
-  jq --arg d "$duration" '.spec.duration = $d | .spec.trader.persistence = {bufferTrades: 2000000}' \
+  jq --arg d "$duration" --arg p "${PERSISTENCE:-on}" 'del(.metadata.namespace) | .spec.duration = $d
+    | .spec.trader.persistence = (if $p == "off" then {enabled: false} else {bufferTrades: 2000000} end)' \
     >"$work/quickstart.yaml"  # JSON is YAML: ticklab run reads it too
 poll_until() { # poll_until SECONDS COMMAND...: every 0.1 s until COMMAND succeeds
   local deadline=$((SECONDS + $1))
@@ -82,9 +85,9 @@ reason="$(kubectl -n "$ns" get lexp quickstart -o jsonpath='{.status.conditions[
 "$ticklab" run "$work/quickstart.yaml" --output json --quiet 2>/dev/null | jq '.results' >"$work/local.json" || true
 
 row() { # row LABEL FILE FIELD
-  jq -r --arg label "$1" '.'"$3"' as $l | "| \($label) | \($l.count) | \($l.p50Micros) | \($l.p90Micros) | \($l.p99Micros) | \($l.p999Micros) | \($l.maxMicros) |"' "$2"
+  jq -r --arg name "$1" '.'"$3"' as $l | "| \($name) | \($l.count) | \($l.p50Micros) | \($l.p90Micros) | \($l.p99Micros) | \($l.p999Micros) | \($l.maxMicros) |"' "$2"
 }
-echo "## The quickstart on the real node vs on loopback ($(nproc) cores, $duration at 20 000 trades/s, 0.5% dropped)"
+echo "## The quickstart on the real node vs on loopback ($(nproc) cores, $duration at 20 000 trades/s, 0.5% dropped, persistence ${PERSISTENCE:-on})"
 echo
 echo "| latency (µs) | samples | p50 | p90 | p99 | p99.9 | max |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
