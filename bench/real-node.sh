@@ -26,7 +26,7 @@ ms() { date +%s%3N; }
 
 image="$(scripts/image.sh build | tail -n 1)"
 ticklab="${CARGO_TARGET_DIR:-target}/release/ticklab"
-ferretdb="$(scripts/image/ferretdb.sh | tail -n 1)"
+ferretdb="$(scripts/image/test-image.sh ferretdb | tail -n 1)"
 started=$(ms)
 scripts/node.sh import "$cluster/node" "$image" >/dev/null
 import_ms=$(($(ms) - started))

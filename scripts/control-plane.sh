@@ -18,27 +18,6 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=scripts/tools/lib.sh
 . "$here/tools/lib.sh"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Starts "$@" in the background with its output in $state/logs/NAME.log.
-spawn() {
-  local name="$1"
-  shift
-  "$@" >"$state/logs/$name.log" 2>&1 &
-  echo $! >"$state/pids/$name"
-}
-
-alive_or_die() {
-  local name="$1" pid
-  pid="$(cat "$state/pids/$name")"
-  if ! kill -0 "$pid" 2>/dev/null; then
-    log "$name exited; the end of its log:"
-    tail -n 30 "$state/logs/$name.log" >&2
-    exit 1
-  fi
-}
 
 # Certificates: a CA, the apiserver's serving certificate for its address (rustls
 # checks names strictly) and the `kubernetes` Service's, the client certificate it
@@ -227,15 +206,10 @@ stop() {
   state="$1"
   "$here/node.sh" stop "$state/node"
   [ -d "$state/pids" ] || return 0
-  local name pid
+  local name
   # Reverse order of start: clients first, etcd last.
   for name in kwok kube-scheduler kube-controller-manager kube-apiserver-bare kube-apiserver etcd; do
-    [ -f "$state/pids/$name" ] || continue
-    pid="$(cat "$state/pids/$name")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$state/pids/$name"
+    stop_process "$name"
   done
 }
 

@@ -43,24 +43,6 @@ TAINT_KEY="ticklab.dev/real-node"
 # Which state directory owns the machine's real node (the bridge is one per machine).
 OWNER_FILE="/run/ticklab-real-node"
 
-# Starts "$@" in the background with its output in $state/logs/NAME.log.
-spawn() {
-  local name="$1"
-  shift
-  "$@" >"$state/logs/$name.log" 2>&1 &
-  echo $! >"$state/pids/$name"
-}
-
-alive_or_die() {
-  local name="$1" pid
-  pid="$(cat "$state/pids/$name")"
-  if ! kill -0 "$pid" 2>/dev/null; then
-    log "$name exited; the end of its log:"
-    tail -n 30 "$state/logs/$name.log" >&2
-    exit 1
-  fi
-}
-
 # Polls "$@" every 0.2 s for up to $1 seconds while the processes named in $alive live.
 wait_until() {
   local seconds="$1" what="$2"
@@ -73,9 +55,6 @@ wait_until() {
   done
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 kubectl_() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 ctr_() { ctr --address "$state/containerd.sock" --namespace k8s.io "$@"; }
@@ -415,15 +394,10 @@ stop() {
   state="$1"
   [ -d "$state" ] || return 0
   state="$(cd "$state" && pwd)"
-  local name pid
+  local name
   # The node's agents first, so nothing restarts what is stopped below.
   for name in kube-router coredns kube-proxy kubelet; do
-    [ -f "$state/pids/$name" ] || continue
-    pid="$(cat "$state/pids/$name")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$state/pids/$name"
+    stop_process "$name"
   done
   # Every container and sandbox: their processes, then containerd's shims.
   if [ -S "$state/containerd.sock" ]; then
@@ -439,13 +413,7 @@ stop() {
     done
   fi
   pkill -9 -f "containerd-shim-runc-v2 .*-address $state/containerd.sock" 2>/dev/null || true
-  if [ -f "$state/pids/containerd" ]; then
-    pid="$(cat "$state/pids/containerd")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$state/pids/containerd"
-  fi
+  stop_process containerd
   # Whatever kubelet and containerd left mounted (projected volumes, shm, rootfs),
   # deepest first.
   awk -v s="$state" 'index($2, s) == 1 { print $2 }' /proc/mounts | sort -r |

@@ -70,8 +70,8 @@ step "container image (buildah), checked, and imported into the real node with t
 image="localhost/ticklab:dev"
 scripts/image.sh build --tag "$image"
 scripts/image.sh check --tag "$image"
-ferretdb_image="$(scripts/image/ferretdb.sh | tail -n 1)"
-probe_image="$(scripts/image/busybox.sh | tail -n 1)"
+ferretdb_image="$(scripts/image/test-image.sh ferretdb | tail -n 1)"
+probe_image="$(scripts/image/test-image.sh busybox | tail -n 1)"
 scripts/node.sh import "$cluster/node" "$image" "$ferretdb_image" "$probe_image"
 export TICKLAB_TEST_IMAGE="$image" TICKLAB_TEST_FERRETDB_IMAGE="$ferretdb_image" \
   TICKLAB_TEST_PROBE_IMAGE="$probe_image"

@@ -17,7 +17,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use support::{Operator, event_reasons, wait_for, with_temp_ns};
+use support::{Operator, event_reasons, wait_for, wait_phase, with_temp_ns};
 use ticklab_crd::{LatencyExperiment, MirrorSession, Phase, RecordingSession, SloVerdict};
 
 const SELECTOR: &str = "app.kubernetes.io/managed-by=ticklab-operator";
@@ -42,20 +42,6 @@ async fn get(client: &Client, ns: &str, name: &str) -> LatencyExperiment {
         .get(name)
         .await
         .unwrap()
-}
-
-async fn wait_phase(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    phase: Phase,
-    timeout: Duration,
-) -> LatencyExperiment {
-    wait_for(&format!("{name} to be {phase:?}"), timeout, || async move {
-        let e = get(client, ns, name).await;
-        (e.status.as_ref()?.phase == Some(phase)).then_some(e)
-    })
-    .await
 }
 
 /// Names of the operator's children in `ns`, by kind, with their uids.

@@ -26,91 +26,35 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use support::{Operator, free_port, kubeconfig, wait_for, with_temp_ns};
+use support::{
+    Operator, Release, free_port, helm, kubeconfig, packaging_tools, repo, run, wait_for,
+    with_temp_ns,
+};
 use ticklab_crd::{LatencyExperiment, Phase};
-
-/// Where scripts/tools/packaging.sh installed Helm and the monitoring CRDs.
-fn tools() -> PathBuf {
-    PathBuf::from(std::env::var("TICKLAB_TEST_PACKAGING_TOOLS").expect(
-        "TICKLAB_TEST_PACKAGING_TOOLS is not set: run the tests through scripts/test.sh \
-         (scripts/tools/packaging.sh prints the directory)",
-    ))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn chart() -> PathBuf {
     repo().join("charts/ticklab")
 }
 
-/// Runs a command to completion; panics with its output when it fails.
-fn run(command: &mut Command) -> String {
-    let output = command.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{command:?} failed:\n{text}");
-    text
-}
-
-fn helm() -> Command {
-    let mut command = Command::new(tools().join("bin/helm"));
-    command.env("KUBECONFIG", kubeconfig());
-    command
-}
-
-/// A Helm release, uninstalled when dropped (its ClusterRole and binding outlive the
-/// test namespace otherwise).
-struct Release {
-    name: String,
-    namespace: String,
-}
-
-impl Release {
-    /// `helm install --wait`: returns once the operator's pods are Ready.
-    fn install(namespace: &str, args: &[&str]) -> Self {
-        let name = format!("tl{:06x}", rand::random::<u32>() & 0xff_ffff);
-        run(helm()
-            .args(["install", &name])
-            .arg(chart())
-            .args(["--namespace", namespace, "--wait", "--timeout", "120s"])
-            // The image is never pulled: kwok runs no containers.
-            .args(["--set", "image.repository=localhost/ticklab,image.tag=test"])
-            .args(args));
-        Self {
-            name,
-            namespace: namespace.to_string(),
-        }
-    }
-
-    /// The namespace made to enforce the restricted Pod Security Standard, the
-    /// monitoring CRDs present, then `install` with the values file of the chart's
-    /// `ci/` and one `--set`.
-    async fn install_restricted(client: &Client, namespace: &str, values: &str, set: &str) -> Self {
-        enforce_restricted(client, namespace).await;
-        install_monitoring_crds(client).await;
-        let values = chart().join("ci").join(values);
-        Self::install(
-            namespace,
-            &["--values", values.to_str().unwrap(), "--set", set],
-        )
-    }
-
-    fn operator_name(&self) -> String {
-        format!("{}-ticklab-operator", self.name)
-    }
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let _ = helm()
-            .args(["uninstall", &self.name, "--namespace", &self.namespace])
-            .output();
-    }
+/// What the chart is installed with here: an image that is never pulled (kwok runs
+/// no containers), in a namespace made to enforce the restricted Pod Security
+/// Standard, the monitoring CRDs present, the values file of the chart's `ci/` and
+/// one `--set`.
+async fn install_restricted(client: &Client, namespace: &str, values: &str, set: &str) -> Release {
+    enforce_restricted(client, namespace).await;
+    install_monitoring_crds(client).await;
+    let values = chart().join("ci").join(values);
+    Release::install(
+        namespace,
+        &[
+            "--set",
+            "image.repository=localhost/ticklab,image.tag=test",
+            "--values",
+            values.to_str().unwrap(),
+            "--set",
+            set,
+        ],
+    )
 }
 
 /// Makes `ns` enforce the restricted Pod Security Standard: a pod that does not meet
@@ -132,7 +76,7 @@ async fn enforce_restricted(client: &Client, ns: &str) {
 
 /// ServiceMonitor, PodMonitor and PrometheusRule, as kube-prometheus-stack installs them.
 async fn install_monitoring_crds(client: &Client) {
-    let dir = tools().join("crds/monitoring");
+    let dir = packaging_tools().join("crds/monitoring");
     let crds = std::fs::read_dir(&dir)
         .unwrap()
         .map(|entry| {
@@ -368,7 +312,7 @@ fn is_subset(small: &BTreeMap<String, String>, big: &BTreeMap<String, String>) -
 #[tokio::test]
 async fn chart_with_every_feature_installs_and_its_operator_reconciles_with_only_its_rbac() {
     with_temp_ns("helm", |client, ns| async move {
-        let release = Release::install_restricted(
+        let release = install_restricted(
             &client,
             &ns,
             "all-features-values.yaml",
@@ -660,7 +604,7 @@ async fn chart_with_every_feature_installs_and_its_operator_reconciles_with_only
 #[tokio::test]
 async fn namespaced_install_reads_nothing_outside_its_namespace() {
     with_temp_ns("helm-ns", |client, ns| async move {
-        let release = Release::install_restricted(
+        let release = install_restricted(
             &client,
             &ns,
             "namespaced-values.yaml",

@@ -4,8 +4,7 @@
 //! pods through the API, and step timings.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,16 +15,12 @@ use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::support::{kubeconfig, kubectl, wait_for};
+use crate::support::{Release, kubeconfig, kubectl, repo, run, run_with_input, wait_for};
 
 /// The node name, taint and namespace annotations of scripts/node.sh.
 pub const NODE: &str = "ticklab-node";
 const NODE_SELECTOR_ANNOTATION: &str = "scheduler.alpha.kubernetes.io/node-selector";
 const TOLERATIONS_ANNOTATION: &str = "scheduler.alpha.kubernetes.io/defaultTolerations";
-
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn env(name: &str, how: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -45,7 +40,7 @@ pub fn ticklab_image() -> (String, String) {
     (repository.to_string(), tag.to_string())
 }
 
-/// The FerretDB image imported into the real node (`scripts/image/ferretdb.sh`).
+/// The FerretDB image imported into the real node (`scripts/image/test-image.sh ferretdb`).
 pub fn ferretdb_image() -> String {
     env(
         "TICKLAB_TEST_FERRETDB_IMAGE",
@@ -53,7 +48,7 @@ pub fn ferretdb_image() -> String {
     )
 }
 
-/// The busybox image the NetworkPolicy probes run (`scripts/image/busybox.sh`).
+/// The busybox image the NetworkPolicy probes run (`scripts/image/test-image.sh busybox`).
 pub fn probe_image() -> String {
     env(
         "TICKLAB_TEST_PROBE_IMAGE",
@@ -61,45 +56,29 @@ pub fn probe_image() -> String {
     )
 }
 
-fn packaging_tools() -> PathBuf {
-    PathBuf::from(env(
-        "TICKLAB_TEST_PACKAGING_TOOLS",
-        "installs Helm (scripts/tools/packaging.sh)",
-    ))
-}
-
-/// Runs a command to completion; panics with its output when it fails.
-pub fn run(command: &mut Command) -> String {
-    run_with_input(command, None)
-}
-
-pub fn run_with_input(command: &mut Command, input: Option<&str>) -> String {
-    let mut child = command
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    if let Some(input) = input {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+/// The chart installed with the real-node test values (the imported image, FerretDB
+/// as the external MongoDB) into `ns`, watching `ns` only, with `set` added.
+pub fn install_chart(ns: &str, set: &[String]) -> Release {
+    let (repository, tag) = ticklab_image();
+    let mut args = vec![
+        "--values".to_string(),
+        repo()
+            .join("charts/ticklab/ci/real-node-values.yaml")
+            .display()
+            .to_string(),
+        "--set".to_string(),
+        format!("image.repository={repository},image.tag={tag}"),
+        "--set".to_string(),
+        format!("operator.watchNamespace={ns}"),
+        "--set".to_string(),
+        format!("mongodb.external.uri=mongodb://ferretdb.{ns}.svc:27017/ticklab"),
+    ];
+    for s in set {
+        args.push("--set".to_string());
+        args.push(s.clone());
     }
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{command:?} failed:\n{text}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Release::install(ns, &args)
 }
 
 /// kubectl of the test cluster, as its admin.
@@ -231,64 +210,6 @@ pub async fn pod_ip(client: &Client, ns: &str, selector: &str) -> String {
         },
     )
     .await
-}
-
-/// A Helm release of the chart with the real-node test values, uninstalled when
-/// dropped (its cluster-scoped objects outlive the namespace otherwise).
-pub struct Release {
-    pub name: String,
-    namespace: String,
-}
-
-impl Release {
-    /// `helm install --wait` into `ns`, watching `ns` only, with `set` added.
-    pub fn install(ns: &str, set: &[String]) -> Self {
-        let name = format!("tl{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let (repository, tag) = ticklab_image();
-        let mut command = helm();
-        command
-            .args(["install", &name])
-            .arg(repo().join("charts/ticklab"))
-            .args(["--namespace", ns, "--wait", "--timeout", "240s"])
-            .arg("--values")
-            .arg(repo().join("charts/ticklab/ci/real-node-values.yaml"))
-            .args([
-                "--set",
-                &format!("image.repository={repository},image.tag={tag}"),
-            ])
-            .args(["--set", &format!("operator.watchNamespace={ns}")])
-            .args([
-                "--set",
-                &format!("mongodb.external.uri=mongodb://ferretdb.{ns}.svc:27017/ticklab"),
-            ]);
-        for s in set {
-            command.args(["--set", s]);
-        }
-        run(&mut command);
-        Self {
-            name,
-            namespace: ns.to_string(),
-        }
-    }
-
-    /// The operator's Deployment (and Lease) name.
-    pub fn operator_name(&self) -> String {
-        format!("{}-ticklab-operator", self.name)
-    }
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let _ = helm()
-            .args(["uninstall", &self.name, "--namespace", &self.namespace])
-            .output();
-    }
-}
-
-fn helm() -> Command {
-    let mut command = Command::new(packaging_tools().join("bin/helm"));
-    command.env("KUBECONFIG", kubeconfig());
-    command
 }
 
 /// `GET path` of a Service's port through the API server's service proxy (how the

@@ -16,15 +16,15 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use harness::{
-    DumpLogsOnFailure, Prometheus, Release, Steps, component, deploy_ferretdb, example_experiments,
-    kubectl_cmd, pod_ip, pod_logs, pod_names, proxy_get, run, run_with_input, use_real_node,
+    DumpLogsOnFailure, Prometheus, Steps, component, deploy_ferretdb, example_experiments,
+    install_chart, kubectl_cmd, pod_ip, pod_logs, pod_names, proxy_get, use_real_node,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::{wait_for, with_temp_ns};
+use support::{Release, run, run_with_input, wait_for, wait_phase, with_temp_ns};
 use ticklab_crd::{LatencyExperiment, Phase, SloVerdict};
 
 /// One test at a time on the real node: its two cores, and the scheduler's CPU
@@ -43,20 +43,6 @@ async fn experiment(client: &Client, ns: &str, name: &str) -> Option<LatencyExpe
         .await
         .ok()
         .flatten()
-}
-
-async fn wait_phase(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    phase: Phase,
-    timeout: Duration,
-) -> LatencyExperiment {
-    wait_for(&format!("{name} {phase:?}"), timeout, || async {
-        let e = experiment(client, ns, name).await?;
-        (e.status.as_ref()?.phase == Some(phase)).then_some(e)
-    })
-    .await
 }
 
 /// Waits until a Running, ready pod of the experiment's component exists.
@@ -124,7 +110,7 @@ async fn install(client: &Client, ns: &str, steps: &mut Steps) -> Release {
     use_real_node(client, ns).await;
     deploy_ferretdb(client, ns).await;
     steps.done("FerretDB ready");
-    let release = Release::install(ns, &[]);
+    let release = install_chart(ns, &[]);
     steps.done("helm install --wait (operator Ready)");
     let operator = release.operator_name();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);

@@ -349,3 +349,116 @@ impl Operator {
         .await
     }
 }
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where scripts/tools/packaging.sh installed Helm and the monitoring CRDs.
+pub fn packaging_tools() -> PathBuf {
+    PathBuf::from(std::env::var("TICKLAB_TEST_PACKAGING_TOOLS").expect(
+        "TICKLAB_TEST_PACKAGING_TOOLS is not set: run the tests through scripts/test.sh \
+         (scripts/tools/packaging.sh prints the directory)",
+    ))
+}
+
+/// Runs a command to completion and returns its standard output; panics with all of
+/// its output when it fails.
+pub fn run(command: &mut Command) -> String {
+    run_with_input(command, None)
+}
+
+/// [`run`], with `input` on its standard input.
+pub fn run_with_input(command: &mut Command, input: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = command
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Helm, acting on the test cluster.
+pub fn helm() -> Command {
+    let mut command = Command::new(packaging_tools().join("bin/helm"));
+    command.env("KUBECONFIG", kubeconfig());
+    command
+}
+
+/// A Helm release of the chart, uninstalled when dropped (its cluster-scoped objects
+/// outlive the test namespace otherwise).
+pub struct Release {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Release {
+    /// `helm install --wait` of the chart into `namespace` with `args` added: returns
+    /// once the operator's pods are Ready.
+    pub fn install(namespace: &str, args: &[&str]) -> Self {
+        let name = format!("tl{:06x}", rand::random::<u32>() & 0xff_ffff);
+        run(helm()
+            .args(["install", &name])
+            .arg(repo().join("charts/ticklab"))
+            .args(["--namespace", namespace, "--wait", "--timeout", "240s"])
+            .args(args));
+        Self {
+            name,
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// The operator's Deployment (and Lease) name.
+    pub fn operator_name(&self) -> String {
+        format!("{}-ticklab-operator", self.name)
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = helm()
+            .args(["uninstall", &self.name, "--namespace", &self.namespace])
+            .output();
+    }
+}
+
+/// Waits until the experiment reports `phase`, and returns it.
+pub async fn wait_phase(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    phase: ticklab_crd::Phase,
+    timeout: Duration,
+) -> LatencyExperiment {
+    let experiments: Api<LatencyExperiment> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("{name} to be {phase:?}"), timeout, || {
+        let experiments = experiments.clone();
+        async move {
+            let e = experiments.get_opt(name).await.ok()??;
+            (e.status.as_ref()?.phase == Some(phase)).then_some(e)
+        }
+    })
+    .await
+}
