@@ -403,7 +403,7 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
             Phase::Pending => (EventType::Normal, "children created; waiting for the workloads to become available".to_string()),
             Phase::Running => (EventType::Normal, "exchange and trader are available; the run has started".to_string()),
             Phase::Completed => match &decision.completion {
-                Some((reason, message)) if *reason != "FeedEnded" => (
+                Some((reason, message)) if *reason != lifecycle::RESULTS_FINAL => (
                     EventType::Warning,
                     format!("{message}; workloads scaled to zero"),
                 ),
@@ -575,16 +575,29 @@ fn deployment_stuck(what: &str, deployment: Option<&Deployment>) -> Option<(Stri
         })
 }
 
-/// Server-side apply of one child; the error names it.
-async fn apply<K>(ctx: &Context, namespace: &str, object: &K) -> Result<(), Error>
-where
+/// What the operator applies: a namespaced Kubernetes object it can serialize.
+trait Child:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + k8s_openapi::Resource
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Child for K where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + k8s_openapi::Resource
         + Clone
         + Serialize
         + DeserializeOwned
-        + std::fmt::Debug,
+        + std::fmt::Debug
 {
+}
+
+/// Server-side apply of one child; the error names it.
+async fn apply<K: Child>(ctx: &Context, namespace: &str, object: &K) -> Result<(), Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let name = object.meta().name.clone().unwrap_or_default();
     api.patch(
@@ -613,42 +626,34 @@ async fn apply_children(
     desired: &children::Children,
 ) -> Result<(), Error> {
     let mongodb = desired.mongodb.as_ref();
-    let network_policy = async {
-        match &desired.network_policy {
-            Some(policy) => apply(ctx, namespace, policy).await,
-            None => Ok(()),
-        }
-    };
-    let mongodb_secret = async {
-        match mongodb {
-            Some(m) => apply(ctx, namespace, &m.secret).await,
-            None => Ok(()),
-        }
-    };
     tokio::try_join!(
         apply(ctx, namespace, &desired.config),
-        mongodb_secret,
-        network_policy,
+        apply_if_wanted(ctx, namespace, mongodb.map(|m| &m.secret)),
+        apply_if_wanted(ctx, namespace, desired.network_policy.as_ref()),
     )?;
-    let mongodb_service = async {
-        match mongodb {
-            Some(m) => apply(ctx, namespace, &m.service).await,
-            None => Ok(()),
-        }
-    };
     tokio::try_join!(
         apply(ctx, namespace, &desired.exchange_service),
         apply(ctx, namespace, &desired.trader_service),
-        mongodb_service,
+        apply_if_wanted(ctx, namespace, mongodb.map(|m| &m.service)),
     )?;
-    if let Some(m) = mongodb {
-        apply(ctx, namespace, &m.statefulset).await?;
-    }
+    apply_if_wanted(ctx, namespace, mongodb.map(|m| &m.statefulset)).await?;
     tokio::try_join!(
         apply(ctx, namespace, &desired.exchange),
         apply(ctx, namespace, &desired.trader),
     )?;
     Ok(())
+}
+
+/// [`apply`] for a child the spec may not want (managed MongoDB, isolation).
+async fn apply_if_wanted<K: Child>(
+    ctx: &Context,
+    namespace: &str,
+    object: Option<&K>,
+) -> Result<(), Error> {
+    match object {
+        Some(object) => apply(ctx, namespace, object).await,
+        None => Ok(()),
+    }
 }
 
 async fn patch_status(

@@ -74,6 +74,8 @@ pub const RESULTS_INTERVAL: Duration = Duration::from_secs(5);
 /// both workloads available, so the feed has usually ended; a database slower than
 /// the feed can take a while to catch up on the buffered trades).
 pub const SETTLE_GRACE: Duration = Duration::from_secs(90);
+/// The `Completed` reason of a run whose results the trader called final.
+pub const RESULTS_FINAL: &str = "FeedEnded";
 /// How often the trader is asked while the run waits for it to settle.
 pub const SETTLE_POLL: Duration = Duration::from_secs(1);
 /// A slow safety net for phases that only change through watched events.
@@ -141,7 +143,7 @@ pub fn decide(experiment: &LatencyExperiment, observed: &Observed, now: Timestam
     }
     let completion = match &observed.trader {
         TraderProgress::Settled => Some((
-            "FeedEnded",
+            RESULTS_FINAL,
             "the exchange published for spec.duration and the trader received or recovered \
              everything it could: the results are final"
                 .to_string(),
@@ -347,6 +349,18 @@ mod tests {
         }
     }
 
+    /// The test experiment, Running since `started`.
+    fn running_since(started: Timestamp) -> LatencyExperiment {
+        let mut e = experiment(SPEC);
+        e.status = Some(LatencyExperimentStatus {
+            phase: Some(Phase::Running),
+            observed_generation: Some(1),
+            started_at: Some(Time(started)),
+            ..Default::default()
+        });
+        e
+    }
+
     const SPEC: &str = "  exchange: {symbols: [EURUSD], ratePerSecond: 1000}\n  duration: 10s\n";
 
     fn t(seconds: i64) -> Timestamp {
@@ -369,13 +383,7 @@ mod tests {
 
     #[test]
     fn completes_when_duration_elapsed_and_stays_completed() {
-        let mut e = experiment(SPEC);
-        e.status = Some(LatencyExperimentStatus {
-            phase: Some(Phase::Running),
-            observed_generation: Some(1),
-            started_at: Some(Time(t(0))),
-            ..Default::default()
-        });
+        let mut e = running_since(t(0));
         let d = decide(&e, &available(), t(4));
         assert_eq!(d.phase, Phase::Running);
         assert_eq!(
@@ -414,13 +422,7 @@ mod tests {
 
     #[test]
     fn waits_for_the_trader_to_settle_within_a_grace_period() {
-        let mut e = experiment(SPEC);
-        e.status = Some(LatencyExperimentStatus {
-            phase: Some(Phase::Running),
-            observed_generation: Some(1),
-            started_at: Some(Time(t(0))),
-            ..Default::default()
-        });
+        let mut e = running_since(t(0));
         let mut recovering = available();
         recovering.trader = TraderProgress::Running;
         let d = decide(&e, &recovering, t(12));

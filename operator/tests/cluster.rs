@@ -17,7 +17,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use support::{Operator, event_reasons, wait_for, wait_phase, with_temp_ns};
+use support::{Operator, condition, event_reasons, wait_for, wait_phase, with_temp_ns};
 use ticklab_crd::{LatencyExperiment, MirrorSession, Phase, RecordingSession, SloVerdict};
 
 const SELECTOR: &str = "app.kubernetes.io/managed-by=ticklab-operator";
@@ -330,11 +330,7 @@ async fn an_experiment_runs_completes_and_is_removed_with_its_children() {
         let status = running.status.unwrap();
         assert!(status.started_at.is_some());
         assert_eq!(status.observed_generation, Some(1));
-        let ready = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let ready = condition(&status, "Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
             ("True", "WorkloadsAvailable")
@@ -354,11 +350,7 @@ async fn an_experiment_runs_completes_and_is_removed_with_its_children() {
         )
         .await;
         let status = completed.status.unwrap();
-        let done = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Completed")
-            .unwrap();
+        let done = condition(&status, "Completed");
         // kwok's pods run nothing: no trader answers, and the condition says the
         // results could not be read rather than calling them final.
         assert_eq!(
@@ -691,17 +683,13 @@ async fn results_come_from_the_trader_and_stay_after_completion() {
         )
         .await;
         let status = completed.status.unwrap();
-        let final_results = status.results.unwrap();
+        let final_results = status.results.clone().unwrap();
         assert!(
             final_results.received >= results.received,
             "final results read as the run ended"
         );
         // The run ended when the trader had the whole feed: final, not cut short.
-        let completed_condition = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Completed")
-            .unwrap();
+        let completed_condition = condition(&status, "Completed");
         assert_eq!(
             completed_condition.reason, "FeedEnded",
             "{completed_condition:?}"
@@ -711,11 +699,7 @@ async fn results_come_from_the_trader_and_stay_after_completion() {
             pair.published(),
             "the final results count every trade the exchange published: {final_results:?}"
         );
-        let slo = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "SLOMet")
-            .unwrap();
+        let slo = condition(&status, "SLOMet");
         assert_eq!(slo.status, "True");
         pair.stop().await;
     })
@@ -731,13 +715,8 @@ async fn a_missing_external_mongodb_secret_fails_the_experiment_with_a_reason() 
             json!({"persistence": {"externalUriSecret": {"name": "shared-db", "key": "uri"}}});
         create(&client, &ns, &experiment("lab", spec)).await;
         let failed = wait_phase(&client, &ns, "lab", Phase::Failed, Duration::from_secs(30)).await;
-        let ready = failed
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let status = failed.status.unwrap();
+        let ready = condition(&status, "Ready");
         assert_eq!(ready.reason, "SecretNotFound");
         assert!(ready.message.contains("\"shared-db\""), "{}", ready.message);
         // No operator-managed MongoDB when an external one is named: checked once the

@@ -187,12 +187,12 @@ pub async fn deploy_ferretdb(client: &Client, ns: &str) {
     wait_available(client, ns, "ferretdb", Duration::from_secs(120)).await;
 }
 
-/// The IP of the one Running pod matching `selector`.
-pub async fn pod_ip(client: &Client, ns: &str, selector: &str) -> String {
+/// Waits until a pod matching `selector` is Running and Ready, and returns it.
+pub async fn ready_pod(client: &Client, ns: &str, selector: &str, timeout: Duration) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     wait_for(
-        &format!("a Running pod {selector} with an IP"),
-        Duration::from_secs(60),
+        &format!("a pod {selector} Running and Ready"),
+        timeout,
         || {
             let pods = pods.clone();
             async move {
@@ -200,16 +200,29 @@ pub async fn pod_ip(client: &Client, ns: &str, selector: &str) -> String {
                     .list(&ListParams::default().labels(selector))
                     .await
                     .ok()?;
-                list.items.into_iter().find_map(|p| {
-                    let status = p.status?;
-                    (status.phase.as_deref() == Some("Running"))
-                        .then_some(status.pod_ip)
-                        .flatten()
+                list.items.into_iter().find(|p| {
+                    let Some(status) = &p.status else {
+                        return false;
+                    };
+                    status.phase.as_deref() == Some("Running")
+                        && status
+                            .conditions
+                            .iter()
+                            .flatten()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
                 })
             }
         },
     )
     .await
+}
+
+/// The IP of a Running, Ready pod matching `selector`.
+pub async fn pod_ip(client: &Client, ns: &str, selector: &str) -> String {
+    let pod = ready_pod(client, ns, selector, Duration::from_secs(60)).await;
+    pod.status
+        .and_then(|s| s.pod_ip)
+        .expect("a Ready pod has an IP")
 }
 
 /// `GET path` of a Service's port through the API server's service proxy (how the

@@ -17,14 +17,14 @@ use std::time::Duration;
 use futures::FutureExt;
 use harness::{
     DumpLogsOnFailure, Prometheus, Steps, component, deploy_ferretdb, example_experiments,
-    install_chart, kubectl_cmd, pod_ip, pod_logs, pod_names, proxy_get, use_real_node,
+    install_chart, kubectl_cmd, pod_ip, pod_logs, pod_names, proxy_get, ready_pod, use_real_node,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::{Release, run, run_with_input, wait_for, wait_phase, with_temp_ns};
+use support::{Release, condition, run, run_with_input, wait_for, wait_phase, with_temp_ns};
 use ticklab_crd::{LatencyExperiment, Phase, SloVerdict};
 
 /// One test at a time on the real node: its two cores, and the scheduler's CPU
@@ -47,32 +47,11 @@ async fn experiment(client: &Client, ns: &str, name: &str) -> Option<LatencyExpe
 
 /// Waits until a Running, ready pod of the experiment's component exists.
 async fn wait_running(client: &Client, ns: &str, experiment: &str, what: &str) -> Pod {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = component(experiment, what);
-    wait_for(
-        &format!("{experiment} {what} pod running and ready"),
+    ready_pod(
+        client,
+        ns,
+        &component(experiment, what),
         Duration::from_secs(180),
-        || {
-            let pods = pods.clone();
-            let selector = selector.clone();
-            async move {
-                let list = pods
-                    .list(&ListParams::default().labels(&selector))
-                    .await
-                    .ok()?;
-                list.items.into_iter().find(|p| {
-                    let Some(status) = &p.status else {
-                        return false;
-                    };
-                    status.phase.as_deref() == Some("Running")
-                        && status
-                            .conditions
-                            .iter()
-                            .flatten()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            }
-        },
     )
     .await
 }
@@ -230,11 +209,7 @@ async fn the_chart_runs_the_quickstart_over_udp_in_real_pods() {
         steps.done("Completed");
         let status = completed.status.unwrap();
         let results = status.results.clone().unwrap();
-        let completed_condition = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Completed")
-            .unwrap();
+        let completed_condition = condition(&status, "Completed");
         assert_eq!(
             completed_condition.reason, "FeedEnded",
             "the operator read the trader's final results through its Service name: {completed_condition:?}"
@@ -333,13 +308,8 @@ async fn tcp_and_websocket_run_in_real_pods_and_deleting_an_experiment_removes_i
             )
             .await;
             let status = completed.status.unwrap();
-            let results = status.results.unwrap();
-            let reason = &status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Completed")
-                .unwrap()
-                .reason;
+            let results = status.results.clone().unwrap();
+            let reason = &condition(&status, "Completed").reason;
             assert_eq!(reason, "FeedEnded", "{name}: {results:?}");
             assert!(results.sent > 50_000, "{name}: {results:?}");
             assert_eq!(results.lost, 0, "{name}: {results:?}");

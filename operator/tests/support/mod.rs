@@ -462,3 +462,15 @@ pub async fn wait_phase(
     })
     .await
 }
+
+/// The condition of `type_` in an experiment's status; panics naming it if absent.
+pub fn condition<'a>(
+    status: &'a ticklab_crd::LatencyExperimentStatus,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", status.conditions))
+}

@@ -290,10 +290,8 @@ pub async fn start(
     };
 
     let mut tasks = Vec::new();
-    // Woken by the first TCP or WebSocket subscriber, and by the first UDP
-    // subscription; the publisher waits for the one of its transport.
-    let first_subscriber = Arc::new(Notify::new());
-    let udp_subscribed = Arc::new(Notify::new());
+    // The feed's start: woken by its first receiver (see below).
+    let feed_start = Arc::new(Notify::new());
     let sink = match spec.transport {
         Transport::Udp => {
             let target = config.feed_udp_target.clone().unwrap_or_default();
@@ -338,7 +336,7 @@ pub async fn start(
                 packets: tx.clone(),
                 stats: stats.clone(),
                 metrics: metrics.clone(),
-                first: first_subscriber.clone(),
+                first: feed_start.clone(),
                 stop: services_stop.clone(),
             };
             if spec.transport == Transport::Tcp {
@@ -385,7 +383,9 @@ pub async fn start(
             max_packet_bytes,
             stats: stats.clone(),
             metrics: metrics.clone(),
-            subscribed: udp_subscribed.clone(),
+            // Only a UDP feed starts at a subscription; a stream starts at its first
+            // connection, not at a trader's keep-alive.
+            subscribed: (spec.transport == Transport::Udp).then(|| feed_start.clone()),
         };
         let stop = services_stop.clone();
         std::thread::Builder::new()
@@ -421,10 +421,7 @@ pub async fn start(
     // The feed can end early on its own (`end_feed`) while the servers go on.
     let feed_stop = shutdown.child_token();
     let feed_control = feed_stop.clone();
-    let first = match spec.transport {
-        Transport::Udp => udp_subscribed.clone(),
-        Transport::Tcp | Transport::Websocket => first_subscriber.clone(),
-    };
+    let first = feed_start.clone();
     let publisher = std::thread::Builder::new()
         .name("feed-publisher".into())
         .spawn(move || {

@@ -27,8 +27,8 @@ pub struct RetransmitServer {
     pub max_packet_bytes: usize,
     pub stats: Arc<ExchangeStats>,
     pub metrics: ExchangeMetrics,
-    /// Woken at the first subscription: the UDP feed waits for it.
-    pub subscribed: Arc<Notify>,
+    /// Woken at the first subscription, for a UDP feed, which waits for it.
+    pub subscribed: Option<Arc<Notify>>,
 }
 
 impl RetransmitServer {
@@ -45,9 +45,11 @@ impl RetransmitServer {
             };
             let request = match RetransmitRequest::decode(buf.get(..len).unwrap_or(&[])) {
                 Ok(r) if r.is_subscription() => {
-                    if self.stats.subscriptions.fetch_add(1, Ordering::AcqRel) == 0 {
+                    if self.stats.subscriptions.fetch_add(1, Ordering::AcqRel) == 0
+                        && let Some(subscribed) = &self.subscribed
+                    {
                         tracing::info!(%from, "first feed subscription: the feed starts");
-                        self.subscribed.notify_one();
+                        subscribed.notify_one();
                     }
                     self.metrics.subscriptions.inc();
                     continue;

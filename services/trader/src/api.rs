@@ -21,8 +21,8 @@ use crate::store::{StoredTrade, TradeStore};
 #[derive(Clone)]
 pub struct ApiState {
     pub shared: Arc<TraderShared>,
-    /// Trades persist to MongoDB (the store is set once the database answered).
-    pub persistence: bool,
+    /// Set once MongoDB answered (with persistence, `shared.store` holds the counts
+    /// from the start).
     pub store: Arc<OnceLock<TradeStore>>,
 }
 
@@ -59,7 +59,7 @@ async fn trades(
             );
         }
     };
-    if state.persistence && state.store.get().is_none() {
+    if state.shared.store.is_some() && state.store.get().is_none() {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the trader is still waiting for MongoDB; no trades yet",

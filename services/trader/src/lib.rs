@@ -157,10 +157,14 @@ pub async fn start(
     let admin_state = AdminState::new(registry);
     let services_shutdown = CancellationToken::new();
 
-    let persistence = config.spec.persistence.enabled && config.mongodb_uri.is_some();
+    // Trades persist when the spec asks for it and a database is named.
+    let mongodb_uri = config
+        .mongodb_uri
+        .clone()
+        .filter(|_| config.spec.persistence.enabled);
     let mut shared = TraderShared::new(&config.experiment, config.slo.clone());
     let store_counts = Arc::new(StoreCounts::default());
-    if persistence {
+    if mongodb_uri.is_some() {
         shared.store = Some(store_counts.clone());
     }
     let shared = Arc::new(shared);
@@ -178,7 +182,6 @@ pub async fn start(
     let router =
         ticklab_admin::admin_router(admin_state.clone()).merge(api::api_router(api::ApiState {
             shared: shared.clone(),
-            persistence,
             store: store_cell.clone(),
         }));
     let admin = tokio::spawn(ticklab_admin::serve(
@@ -188,8 +191,8 @@ pub async fn start(
     ));
 
     let mut writer = None;
-    let store = match (&config.mongodb_uri, persistence) {
-        (Some(uri), true) => {
+    let store = match &mongodb_uri {
+        Some(uri) => {
             let connected = connect_store(
                 &config,
                 uri,
@@ -212,7 +215,7 @@ pub async fn start(
             let _ = store_cell.set(store.clone());
             Some(store)
         }
-        _ => None,
+        None => None,
     };
 
     let (intent_tx, intent_rx) = tokio::sync::mpsc::channel(4096);

@@ -10,7 +10,6 @@ use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -29,9 +28,9 @@ const BATCH: usize = 64;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_536;
 /// Receive buffer asked of the kernel: absorbs microbursts while the thread is busy.
-pub const RECV_BUFFER: usize = 16 * 1024 * 1024;
-/// How often the trader renews its feed subscription.
-const SUBSCRIBE_EVERY: Duration = Duration::from_secs(1);
+const RECV_BUFFER: usize = 16 * 1024 * 1024;
+/// How often the trader renews its feed subscription, in nanoseconds.
+const SUBSCRIBE_EVERY_NS: u64 = 1_000_000_000;
 
 /// Asks for a [`RECV_BUFFER`] receive buffer: past `net.core.rmem_max` where the
 /// process may (CAP_NET_ADMIN, as root on a workstation), else as much as the kernel
@@ -101,29 +100,11 @@ pub fn run_udp_feed(
     let mut request = Vec::with_capacity(ticklab_wire::RetransmitRequest::LEN);
     let mut subscription = Vec::with_capacity(ticklab_wire::RetransmitRequest::LEN);
     RetransmitRequest::subscription().encode(&mut subscription);
-    let mut next_subscription = Instant::now();
+    let mut next_subscription = 0;
     let mut subscription_failed = false;
     let _ = recovery.set_nonblocking(true);
 
     while !shutdown.is_cancelled() {
-        if Instant::now() >= next_subscription {
-            next_subscription += SUBSCRIBE_EVERY;
-            match recovery.send(&subscription) {
-                Ok(_) => {
-                    processor.subscription_sent(true);
-                    subscription_failed = false;
-                }
-                // Refused while the exchange is not up yet (an ICMP error from the
-                // previous send): normal at start, counted, logged once per outage.
-                Err(error) => {
-                    processor.subscription_sent(false);
-                    if !subscription_failed {
-                        tracing::info!(%error, "cannot subscribe to the feed yet; retrying every second");
-                    }
-                    subscription_failed = true;
-                }
-            }
-        }
         let (feed_ready, recovery_ready) = {
             let mut fds = [
                 PollFd::new(feed.as_fd(), PollFlags::POLLIN),
@@ -191,7 +172,14 @@ pub fn run_udp_feed(
             }
         }
 
-        for req in processor.due_requests(now_unix_nanos()) {
+        // One clock read for both timers of this turn.
+        let now = now_unix_nanos();
+        if now >= next_subscription {
+            next_subscription = now + SUBSCRIBE_EVERY_NS;
+            subscription_failed =
+                subscribe(&recovery, &subscription, &processor, subscription_failed);
+        }
+        for req in processor.due_requests(now) {
             request.clear();
             req.encode(&mut request);
             if let Err(e) = recovery.send(&request) {
@@ -202,6 +190,30 @@ pub fn run_udp_feed(
     }
     processor.finish();
     processor
+}
+
+/// Sends a subscription (a keep-alive once the feed runs); returns whether it
+/// failed. Refused while the exchange is not up yet (the ICMP error of the previous
+/// send): normal at start, counted, logged once an outage.
+fn subscribe(
+    recovery: &UdpSocket,
+    subscription: &[u8],
+    processor: &FeedProcessor,
+    failed_before: bool,
+) -> bool {
+    match recovery.send(subscription) {
+        Ok(_) => {
+            processor.subscription_sent(true);
+            false
+        }
+        Err(error) => {
+            processor.subscription_sent(false);
+            if !failed_before {
+                tracing::info!(%error, "cannot subscribe to the feed yet; retrying every second");
+            }
+            true
+        }
+    }
 }
 
 fn timespec_ns(ts: &TimeSpec) -> u64 {
