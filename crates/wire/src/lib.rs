@@ -4,12 +4,14 @@
 //! message and a message count, followed by length-prefixed [`message`]s (trades on
 //! the feed; orders, acknowledgements and fills on the order channel). The same
 //! packets travel over UDP datagrams, TCP and WebSocket ([`frame`] adds the length
-//! prefix a byte stream needs), and [`retransmit`] asks for a sequence range again.
+//! prefix a byte stream needs), and [`retransmit`] asks for a sequence range again;
+//! [`gap_tracker`] is the receivers' (trader, recorder) bookkeeping of what arrived.
 //! Decoders never panic: malformed input is a [`WireError`].
 
 #![forbid(unsafe_code)]
 
 pub mod frame;
+pub mod gap_tracker;
 pub mod message;
 pub mod packet;
 pub mod retransmit;
@@ -17,7 +19,7 @@ pub mod types;
 
 pub use message::{Ack, AckStatus, Fill, Message, Order, Trade};
 pub use packet::{FeedPacket, PacketBuilder, PacketHeader, PacketKind};
-pub use retransmit::RetransmitRequest;
+pub use retransmit::{RequestKind, RetransmitRequest};
 pub use types::{Price, Quantity, Session, Side, Symbol};
 
 /// Everything that can be wrong with bytes that claim to be ticklab wire format.

@@ -10,7 +10,7 @@
 
 pub mod api;
 pub mod feed;
-pub mod gap_tracker;
+pub use ticklab_wire::gap_tracker;
 pub mod latency;
 pub mod metrics;
 pub mod orders;

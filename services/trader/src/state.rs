@@ -101,6 +101,7 @@ impl TraderShared {
                 .as_ref()
                 .map(|c| c.dropped.load(std::sync::atomic::Ordering::Relaxed)),
             slo_verdict: None,
+            replay: None,
         };
         if let Some(slo) = &self.slo {
             results.slo_verdict = Some(results.judge(slo));

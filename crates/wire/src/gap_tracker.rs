@@ -99,6 +99,10 @@ pub struct GapTracker {
     /// One past the last message of the session, once the exchange has said so.
     end_of_session: Option<u64>,
     counts: GapCounts,
+    /// `[start, end)` ranges given up since the last [`GapTracker::take_given_up`],
+    /// kept only when asked for ([`GapTracker::logging_given_up`]): a recorder lists
+    /// them in its index as the sequence numbers it could not get.
+    given_up: Option<Vec<(u64, u64)>>,
 }
 
 impl Default for GapTracker {
@@ -116,6 +120,7 @@ impl GapTracker {
             missing: BTreeMap::new(),
             end_of_session: None,
             counts: GapCounts::default(),
+            given_up: None,
         }
     }
 
@@ -255,6 +260,9 @@ impl GapTracker {
             let lost_start = s.max(start);
             let lost_end = r.end.min(end);
             self.counts.lost += lost_end - lost_start;
+            if let Some(log) = &mut self.given_up {
+                log.push((lost_start, lost_end));
+            }
             if s < lost_start {
                 self.missing.insert(
                     s,
@@ -308,6 +316,21 @@ impl GapTracker {
         for (s, e) in ranges {
             self.give_up(s, e);
         }
+    }
+
+    /// Keeps the ranges given up as lost for [`GapTracker::take_given_up`].
+    pub fn logging_given_up(mut self) -> Self {
+        self.given_up = Some(Vec::new());
+        self
+    }
+
+    /// The `[start, end)` ranges given up as lost since the last call (empty unless
+    /// [`GapTracker::logging_given_up`]).
+    pub fn take_given_up(&mut self) -> Vec<(u64, u64)> {
+        self.given_up
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn missing_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
@@ -429,6 +452,23 @@ mod tests {
         t.accept(10, Via::Retransmission);
         assert_eq!(t.counts().recovered, 10);
         assert_eq!(t.counts().lost, 0);
+    }
+
+    #[test]
+    fn given_up_ranges_are_logged_when_asked() {
+        let mut t = GapTracker::new(1).logging_given_up();
+        t.accept(1, Via::Live);
+        t.accept(5, Via::Live);
+        t.accept(9, Via::Live);
+        t.mark_unavailable(2, 2);
+        t.finish();
+        assert_eq!(t.take_given_up(), vec![(2, 4), (4, 5), (6, 9)]);
+        assert!(t.take_given_up().is_empty());
+        let mut quiet = GapTracker::new(1);
+        quiet.accept(3, Via::Live);
+        quiet.finish();
+        assert!(quiet.take_given_up().is_empty());
+        assert_eq!(quiet.counts().lost, 2);
     }
 
     #[test]
