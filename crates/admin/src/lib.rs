@@ -110,6 +110,15 @@ pub async fn serve(
         .map_err(Error::Serve)
 }
 
+/// Registers a collector and hands it back (for metric structs built field by field).
+pub fn register<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: T,
+) -> prometheus::Result<T> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
 /// The registry of a service that belongs to one experiment (exchange, trader):
 /// every series carries `experiment="NAME"`, so the metrics say whose they are
 /// wherever they are scraped (a PodMonitor in a cluster, a plain Prometheus next to

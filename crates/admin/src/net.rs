@@ -22,6 +22,24 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// A UDP socket connected to `peer` (it then receives only from there), bound to
+/// an ephemeral port of `peer`'s address family; `configure` runs before the bind.
+pub fn connected_udp_socket(
+    peer: SocketAddr,
+    configure: impl Fn(&Socket) -> io::Result<()>,
+) -> io::Result<Socket> {
+    let bind: SocketAddr = if peer.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP))?;
+    configure(&socket)?;
+    socket.bind(&bind.into())?;
+    socket.connect(&peer.into())?;
+    Ok(socket)
+}
+
 /// A UDP socket bound to `addr` (see the module documentation); `configure` runs
 /// before the bind (buffer sizes and the like).
 pub fn bind_udp_socket(

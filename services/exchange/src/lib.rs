@@ -12,9 +12,11 @@ pub mod generator;
 pub mod metrics;
 pub mod orders;
 pub mod publisher;
+pub mod replay;
 pub mod retransmit;
 pub mod ring;
 pub mod streams;
+pub mod tap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use crate::publisher::{FeedSink, Publisher};
 use crate::retransmit::RetransmitServer;
 use crate::ring::RetransmitRing;
 use crate::streams::Subscribers;
+use crate::tap::Taps;
 
 /// Everything the exchange needs; the operator renders it from the experiment.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -61,6 +64,9 @@ pub struct ExchangeConfig {
     pub order_http_listen: SocketAddr,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub admin_listen: SocketAddr,
+    /// Publish a recording instead of generated trades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<replay::ReplayConfig>,
 }
 
 mod millis {
@@ -99,6 +105,7 @@ impl ExchangeConfig {
             order_tcp_listen: any,
             order_http_listen: any,
             admin_listen: any,
+            replay: None,
         }
     }
 }
@@ -115,6 +122,8 @@ pub enum Error {
     FeedTarget { target: String, problem: String },
     #[error("the experiment has no symbols")]
     NoSymbols,
+    #[error("{0}")]
+    Replay(String),
     #[error(transparent)]
     Admin(#[from] ticklab_admin::Error),
     #[error("cannot register metrics: {0}")]
@@ -147,6 +156,8 @@ pub struct ExchangeStats {
     pub orders_rejected: AtomicU64,
     pub subscribers: AtomicU64,
     pub subscriptions: AtomicU64,
+    pub tap_packets_sent: AtomicU64,
+    pub tap_packets_failed: AtomicU64,
 }
 
 /// The exchange's own account of a run.
@@ -171,6 +182,14 @@ pub struct ExchangeReport {
     /// UDP subscriptions and keep-alives received.
     #[serde(default)]
     pub subscriptions: u64,
+    /// Feed packet copies sent to recorders, and those that could not be sent.
+    #[serde(default)]
+    pub tap_packets_sent: u64,
+    #[serde(default)]
+    pub tap_packets_failed: u64,
+    /// The replay's account, when the feed was a recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<replay::ReplayReport>,
 }
 
 impl ExchangeStats {
@@ -193,6 +212,9 @@ impl ExchangeStats {
             orders_rejected: l(&self.orders_rejected),
             subscribers: l(&self.subscribers),
             subscriptions: l(&self.subscriptions),
+            tap_packets_sent: l(&self.tap_packets_sent),
+            tap_packets_failed: l(&self.tap_packets_failed),
+            replay: None,
         }
     }
 }
@@ -220,6 +242,7 @@ pub struct ExchangeHandle {
     services_stop: CancellationToken,
     shutdown: CancellationToken,
     feed_control: CancellationToken,
+    replay_report: Option<Arc<parking_lot::Mutex<replay::ReplayReport>>>,
 }
 
 /// A session name unique per start: base 36 of the start time in milliseconds, so
@@ -262,11 +285,18 @@ pub async fn start(
     let admin_state = AdminState::new(registry);
     let stats = Arc::new(ExchangeStats::default());
     let session = session_name();
+    // A recording is read (or downloaded) first: a bad one fails the start.
+    let replay = match &config.replay {
+        Some(r) => Some(replay::load(r).await.map_err(Error::Replay)?),
+        None => None,
+    };
     let generator = TradeGenerator::new(spec.seed, &spec.symbols);
-    if generator.is_empty() {
-        return Err(Error::NoSymbols);
-    }
-    let prices = Arc::new(LastPrices::new(generator.symbols()));
+    let symbols = match &replay {
+        Some(r) => replay::symbols(&r.packets),
+        None if generator.is_empty() => return Err(Error::NoSymbols),
+        None => generator.symbols(),
+    };
+    let prices = Arc::new(LastPrices::new(symbols));
     let ring = Arc::new(RetransmitRing::new(spec.retransmission_buffer as usize));
     let max_packet_bytes = spec.max_packet_bytes as usize;
     let services_stop = CancellationToken::new();
@@ -289,6 +319,13 @@ pub async fn start(
         admin: local(&admin_listener, config.admin_listen)?,
     };
 
+    let taps = Arc::new(Taps::new(
+        retransmit_socket
+            .try_clone()
+            .map_err(bind_err(config.retransmit_listen))?,
+        metrics.taps.clone(),
+    ));
+
     let mut tasks = Vec::new();
     // The feed's start: woken by its first receiver (see below).
     let feed_start = Arc::new(Notify::new());
@@ -306,26 +343,15 @@ pub async fn start(
                     target: target.clone(),
                     problem: "no address".into(),
                 })?;
-            let bind: SocketAddr = if resolved.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let socket = socket2::Socket::new(
-                socket2::Domain::for_address(resolved),
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::UDP),
-            )
-            .map_err(bind_err(bind))?;
             // A large send buffer absorbs a sendmmsg burst instead of blocking.
-            let _ = socket.set_send_buffer_size(4 * 1024 * 1024);
-            socket.bind(&bind.into()).map_err(bind_err(bind))?;
-            socket
-                .connect(&resolved.into())
-                .map_err(|e| Error::FeedTarget {
-                    target: target.clone(),
-                    problem: e.to_string(),
-                })?;
+            let socket = ticklab_admin::net::connected_udp_socket(resolved, |socket| {
+                let _ = socket.set_send_buffer_size(4 * 1024 * 1024);
+                Ok(())
+            })
+            .map_err(|e| Error::FeedTarget {
+                target: target.clone(),
+                problem: e.to_string(),
+            })?;
             FeedSink::Udp(socket.into())
         }
         Transport::Tcp | Transport::Websocket => {
@@ -369,9 +395,13 @@ pub async fn start(
             }
         }));
     }
+    let replay_report = replay
+        .is_some()
+        .then(|| Arc::new(parking_lot::Mutex::new(replay::ReplayReport::default())));
     let admin = tokio::spawn(ticklab_admin::serve(
         admin_listener,
-        ticklab_admin::admin_router(admin_state.clone()),
+        ticklab_admin::admin_router(admin_state.clone())
+            .merge(replay::report_router(replay_report.clone())),
         services_stop.clone(),
     ));
 
@@ -386,6 +416,7 @@ pub async fn start(
             // Only a UDP feed starts at a subscription; a stream starts at its first
             // connection, not at a trader's keep-alive.
             subscribed: (spec.transport == Transport::Udp).then(|| feed_start.clone()),
+            taps: taps.clone(),
         };
         let stop = services_stop.clone();
         std::thread::Builder::new()
@@ -411,6 +442,8 @@ pub async fn start(
             .map_or(0.0, |f| f.drop_percent / 100.0)
             .clamp(0.0, 1.0),
         fault_rng: Publisher::fault_rng(spec.seed),
+        tap_fault_rng: Publisher::tap_fault_rng(spec.seed),
+        taps,
         duration: config.duration,
         finished: finished_tx,
     };
@@ -422,6 +455,7 @@ pub async fn start(
     let feed_stop = shutdown.child_token();
     let feed_control = feed_stop.clone();
     let first = feed_start.clone();
+    let thread_report = replay_report.clone();
     let publisher = std::thread::Builder::new()
         .name("feed-publisher".into())
         .spawn(move || {
@@ -437,7 +471,10 @@ pub async fn start(
                     tracing::error!(%error, "cannot wait for a subscriber; the feed starts now")
                 }
             }
-            publisher.run(feed_stop)
+            match (replay, thread_report) {
+                (Some(replay), Some(report)) => replay::run(publisher, replay, report, feed_stop),
+                _ => publisher.run(feed_stop),
+            }
         })
         .map_err(Error::Thread)?;
     admin_state.set_ready(true);
@@ -455,6 +492,7 @@ pub async fn start(
         services_stop,
         shutdown,
         feed_control,
+        replay_report,
     })
 }
 
@@ -489,6 +527,7 @@ impl ExchangeHandle {
         self.admin.await??;
         let mut report = self.stats.snapshot();
         report.session = self.session.as_str();
+        report.replay = self.replay_report.map(|r| r.lock().clone());
         Ok(report)
     }
 }

@@ -16,17 +16,16 @@ pub struct ExchangeMetrics {
     pub subscribers: IntGauge,
     pub subscriptions: IntCounter,
     pub order_reaction: Histogram,
+    pub taps: IntGauge,
+    pub tap_packets: IntCounterVec,
+    pub replay_lateness: Histogram,
+    pub replay_packets: IntCounter,
+    pub replay_loops: IntCounter,
 }
 
 impl ExchangeMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        fn reg<T: prometheus::core::Collector + Clone + 'static>(
-            r: &Registry,
-            c: T,
-        ) -> prometheus::Result<T> {
-            r.register(Box::new(c.clone()))?;
-            Ok(c)
-        }
+        use ticklab_admin::register as reg;
         let counter = |name: &str, help: &str| reg(registry, IntCounter::new(name, help)?);
         Ok(Self {
             trades_published: counter("ticklab_exchange_trades_published_total", "Trades published on the feed")?,
@@ -73,6 +72,32 @@ impl ExchangeMetrics {
                     .buckets(ticklab_admin::latency_buckets_seconds()),
                 )?,
             )?,
+            taps: reg(
+                registry,
+                IntGauge::new("ticklab_exchange_recording_taps", "Recorders receiving a copy of the feed")?,
+            )?,
+            tap_packets: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ticklab_exchange_tap_packets_total",
+                        "Feed packet copies for recorders: sent, failed (recorder unreachable) or dropped by an injected fault",
+                    ),
+                    &["outcome"],
+                )?,
+            )?,
+            replay_lateness: reg(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ticklab_replay_lateness_seconds",
+                        "How late each replayed packet left against its schedule (absolute deadlines from the first packet)",
+                    )
+                    .buckets(ticklab_admin::latency_buckets_seconds()),
+                )?,
+            )?,
+            replay_packets: counter("ticklab_replay_packets_total", "Recorded packets replayed")?,
+            replay_loops: counter("ticklab_replay_loops_total", "Completed passes over the recording")?,
         })
     }
 }

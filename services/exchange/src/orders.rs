@@ -37,6 +37,14 @@ impl LastPrices {
         Self { symbols, prices }
     }
 
+    /// Sets `symbol`'s price (replay, where trades come without an index); a
+    /// symbol the exchange does not list is ignored.
+    pub fn set_symbol(&self, symbol: Symbol, price: Price) {
+        if let Some(index) = self.symbols.iter().position(|s| *s == symbol) {
+            self.set(index, price);
+        }
+    }
+
     #[inline]
     pub fn set(&self, index: usize, price: Price) {
         if let Some(slot) = self.prices.get(index) {

@@ -3,7 +3,8 @@
 //! messages — original bytes, original send timestamps — packed into packets like the
 //! live feed's, plus an "unavailable" packet for whatever the ring no longer holds.
 //! A request for zero messages is a trader's subscription: the first one starts the
-//! UDP feed (see `ticklab_wire::retransmit`).
+//! UDP feed (see `ticklab_wire::retransmit`); a tap or untap starts or ends a
+//! recorder's copy of the feed ([`crate::tap`]).
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -13,12 +14,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use ticklab_wire::packet::{HEADER_LEN, PacketHeader, encode_unavailable};
-use ticklab_wire::{RetransmitRequest, Session};
+use ticklab_wire::{RequestKind, RetransmitRequest, Session};
 use tokio_util::sync::CancellationToken;
 
 use crate::ExchangeStats;
 use crate::metrics::ExchangeMetrics;
 use crate::ring::RetransmitRing;
+use crate::tap::Taps;
 
 pub struct RetransmitServer {
     pub socket: UdpSocket,
@@ -29,6 +31,8 @@ pub struct RetransmitServer {
     pub metrics: ExchangeMetrics,
     /// Woken at the first subscription, for a UDP feed, which waits for it.
     pub subscribed: Option<Arc<Notify>>,
+    /// Recorders' copies of the feed.
+    pub taps: Arc<Taps>,
 }
 
 impl RetransmitServer {
@@ -44,6 +48,18 @@ impl RetransmitServer {
                 continue;
             };
             let request = match RetransmitRequest::decode(buf.get(..len).unwrap_or(&[])) {
+                Ok(r) if r.kind() == RequestKind::Tap => {
+                    if self.taps.renew(from) {
+                        tracing::info!(%from, "a recorder taps the feed");
+                    }
+                    continue;
+                }
+                Ok(r) if r.kind() == RequestKind::Untap => {
+                    if self.taps.remove(from) {
+                        tracing::info!(%from, "a recorder stopped tapping the feed");
+                    }
+                    continue;
+                }
                 Ok(r) if r.is_subscription() => {
                     if self.stats.subscriptions.fetch_add(1, Ordering::AcqRel) == 0
                         && let Some(subscribed) = &self.subscribed
