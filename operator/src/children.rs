@@ -29,8 +29,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
-use ticklab_crd::{LatencyExperiment, LatencyExperimentSpec, Placement, Transport};
+use ticklab_crd::{Instrument, LatencyExperiment, LatencyExperimentSpec, Placement, Transport};
 use ticklab_exchange::ExchangeConfig;
+use ticklab_exchange::replay::ReplayConfig;
 use ticklab_trader::TraderConfig;
 
 /// Ports the services listen on inside their pods (and their Services expose).
@@ -375,29 +376,120 @@ pub fn build(
 }
 
 /// Ingress to the experiment's pods only from: the experiment's own pods (feed,
-/// retransmission, orders, MongoDB), the operator's pods (the trader's results), and
-/// the metrics scrapers' namespaces (admin ports only). Nothing from another
-/// experiment reaches them, as dev, QA and prod were kept apart in the system ticklab
-/// grew from. Egress stays open: DNS, the API server and external MongoDB live at
-/// addresses a policy cannot name portably.
+/// retransmission, orders, MongoDB; a recorder of the experiment carries its label,
+/// so its taps and recovery requests reach the exchange's retransmission port, and
+/// the tapped copies come back as replies on the same 5-tuple, which conntrack
+/// admits), the operator's pods (the trader's results), and the metrics scrapers'
+/// namespaces (admin ports only). Nothing from another experiment reaches them, as
+/// dev, QA and prod were kept apart in the system ticklab grew from. Egress stays
+/// open: DNS, the API server and external MongoDB live at addresses a policy cannot
+/// name portably.
 fn isolation_policy(
     meta: ObjectMeta,
     experiment: &str,
     isolation: &IsolationSettings,
 ) -> NetworkPolicy {
-    let experiment_pods = LabelSelector {
+    let experiment_pods = experiment_pod_selector(experiment);
+    NetworkPolicy {
+        metadata: meta,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(experiment_pods.clone()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(experiment_pods),
+                        ..Default::default()
+                    }]),
+                    ports: None,
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![operator_peer(isolation)]),
+                    ports: Some(vec![tcp_port(ports::TRADER_API)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![scrapers_peer(isolation)]),
+                    ports: Some(vec![
+                        tcp_port(ports::EXCHANGE_ADMIN),
+                        tcp_port(ports::TRADER_API),
+                    ]),
+                },
+            ]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Ingress to one recorder's pods (`recorder_pods`), on its HTTP port (`port`:
+/// files, the toggle, `/metrics`) only, from: the exchanges of the namespace (a
+/// replaying experiment's exchange downloads a recorded file, and the replaying
+/// experiment is usually another one than the recorded), the operator's pods (the
+/// toggle and the status) and the metrics scrapers' namespaces. The recorder's own
+/// traffic to its exchange needs no rule here (see [`isolation_policy`]). A policy of
+/// its own, owned by the RecordingSession, keeps the recorder isolated while its
+/// experiment (and with it the experiment's policy) does not exist.
+pub fn recorder_isolation_policy(
+    meta: ObjectMeta,
+    recorder_pods: BTreeMap<String, String>,
+    port: u16,
+    isolation: &IsolationSettings,
+) -> NetworkPolicy {
+    let exchanges = LabelSelector {
+        match_labels: Some(BTreeMap::from([
+            (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+            (
+                "app.kubernetes.io/component".to_string(),
+                "exchange".to_string(),
+            ),
+        ])),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: meta,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(recorder_pods),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![
+                    NetworkPolicyPeer {
+                        pod_selector: Some(exchanges),
+                        ..Default::default()
+                    },
+                    operator_peer(isolation),
+                    scrapers_peer(isolation),
+                ]),
+                ports: Some(vec![tcp_port(port)]),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Every pod of the experiment: exchange, trader, MongoDB and its recorders.
+fn experiment_pod_selector(experiment: &str) -> LabelSelector {
+    LabelSelector {
         match_labels: Some(BTreeMap::from([(
             EXPERIMENT_LABEL.to_string(),
             experiment.to_string(),
         )])),
         ..Default::default()
-    };
-    let tcp = |port: u16| NetworkPolicyPort {
+    }
+}
+
+fn tcp_port(port: u16) -> NetworkPolicyPort {
+    NetworkPolicyPort {
         port: Some(IntOrString::Int(i32::from(port))),
         protocol: Some("TCP".into()),
         ..Default::default()
-    };
-    let operator = NetworkPolicyPeer {
+    }
+}
+
+/// The operator's pods, in the operator's namespace.
+fn operator_peer(isolation: &IsolationSettings) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(
                 "kubernetes.io/metadata.name".to_string(),
@@ -415,8 +507,12 @@ fn isolation_policy(
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let scrapers = NetworkPolicyPeer {
+    }
+}
+
+/// Every pod of the namespaces allowed to scrape metrics.
+fn scrapers_peer(isolation: &IsolationSettings) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
         // An empty selector matches every namespace.
         namespace_selector: Some(LabelSelector {
             match_labels: (!isolation.metrics_namespace_labels.is_empty())
@@ -424,31 +520,6 @@ fn isolation_policy(
             ..Default::default()
         }),
         ..Default::default()
-    };
-    NetworkPolicy {
-        metadata: meta,
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(experiment_pods.clone()),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    from: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(experiment_pods),
-                        ..Default::default()
-                    }]),
-                    ports: None,
-                },
-                NetworkPolicyIngressRule {
-                    from: Some(vec![operator]),
-                    ports: Some(vec![tcp(ports::TRADER_API)]),
-                },
-                NetworkPolicyIngressRule {
-                    from: Some(vec![scrapers]),
-                    ports: Some(vec![tcp(ports::EXCHANGE_ADMIN), tcp(ports::TRADER_API)]),
-                },
-            ]),
-            ..Default::default()
-        }),
     }
 }
 
@@ -526,6 +597,17 @@ pub fn exchange_config(
         order_tcp_listen: any_addr(ports::ORDER_TCP),
         order_http_listen: any_addr(ports::ORDER_HTTP),
         admin_listen: any_addr(ports::EXCHANGE_ADMIN),
+        replay: spec.exchange.replay.as_ref().map(|r| ReplayConfig {
+            // Downloaded from the session's recorder when the exchange starts.
+            source: format!(
+                "http://{}:{}/files/{}",
+                service_host(&format!("{}-recorder", r.recording), namespace),
+                crate::recording::build::RECORDER_PORT,
+                r.file
+            ),
+            speed: (!r.top_speed).then(|| r.speed.unwrap_or(1.0)),
+            looped: r.looped,
+        }),
     }
 }
 
@@ -537,7 +619,12 @@ pub fn trader_config(experiment: &LatencyExperiment, name: &str, namespace: &str
     let exchange = service_host(&names.exchange, namespace);
     TraderConfig {
         experiment: name.to_string(),
-        symbols: spec.exchange.symbols.clone(),
+        // A replay trades whatever was recorded: the trader knows every instrument.
+        symbols: if spec.exchange.replay.is_some() && spec.exchange.symbols.is_empty() {
+            Instrument::ALL.to_vec()
+        } else {
+            spec.exchange.symbols.clone()
+        },
         spec: spec.trader.clone(),
         transport: spec.exchange.transport,
         feed_udp_listen: any_addr(ports::TRADER_FEED),
@@ -724,7 +811,7 @@ fn placement_affinity(experiment: &str, placement: Placement) -> Affinity {
     }
 }
 
-fn restricted_pod_security(uid: i64) -> PodSecurityContext {
+pub(crate) fn restricted_pod_security(uid: i64) -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(uid),
@@ -738,7 +825,7 @@ fn restricted_pod_security(uid: i64) -> PodSecurityContext {
     }
 }
 
-fn restricted_container_security() -> SecurityContext {
+pub(crate) fn restricted_container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
@@ -757,6 +844,9 @@ pub struct Memory {
     pub limit_mib: u64,
 }
 
+/// What a replaying exchange reserves for its recording in memory.
+pub const REPLAY_MEMORY_BYTES: u64 = 512 * 1024 * 1024;
+
 impl Memory {
     /// A fixed base plus buffers the spec sizes: the buffers count in full in both
     /// the request (they fill up during a run; the scheduler must find room for
@@ -769,11 +859,18 @@ impl Memory {
         }
     }
 
-    /// The exchange: its retransmission ring holds `retransmissionBuffer` messages.
+    /// The exchange: its retransmission ring holds `retransmissionBuffer` messages;
+    /// a replay holds its recording in memory too, a file of at most the default
+    /// rotation size (256 MiB) plus a packet's bookkeeping, sized for here.
     pub fn exchange(spec: &LatencyExperimentSpec) -> Self {
         let ring = u64::from(spec.exchange.retransmission_buffer)
             * ticklab_exchange::ring::BYTES_PER_MESSAGE;
-        Self::with_buffers(64, 256, ring)
+        let recording = if spec.exchange.replay.is_some() {
+            REPLAY_MEMORY_BYTES
+        } else {
+            0
+        };
+        Self::with_buffers(64, 256, ring + recording)
     }
 
     /// The trader: up to `persistence.bufferTrades` trades wait for MongoDB.
@@ -788,7 +885,7 @@ impl Memory {
     }
 }
 
-fn resources(cpu: &str, memory: Memory) -> ResourceRequirements {
+pub(crate) fn resources(cpu: &str, memory: Memory) -> ResourceRequirements {
     let mib = |n: u64| Quantity(format!("{n}Mi"));
     ResourceRequirements {
         requests: Some(BTreeMap::from([

@@ -300,6 +300,11 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
             Some(_) => {}
         }
     }
+    if observed.failure.is_none()
+        && let Some(replay) = &experiment.spec.exchange.replay
+    {
+        observed.failure = replay_source_problem(ctx, &namespace, replay).await?;
+    }
     observed.exchange_available = deployment_available(exchange.as_ref());
     observed.trader_available = deployment_available(trader.as_ref());
     if observed.failure.is_none() {
@@ -339,7 +344,18 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
     let same_run = previous.observed_generation == experiment.metadata.generation;
     if decision.completes_now {
         match &final_stats {
-            Some(stats) => write_results(ctx, experiment, &stats.results).await?,
+            Some(stats) => {
+                let mut results = stats.results.clone();
+                if experiment.spec.exchange.replay.is_some() {
+                    // The replay's fidelity and the recording's latency, beside this
+                    // run's; without them the results still stand.
+                    match ctx.results.read_replay(&name, &namespace).await {
+                        Ok(report) => results.replay = Some(report.results()),
+                        Err(why) => warn!(%why, "the replay's report is not available"),
+                    }
+                }
+                write_results(ctx, experiment, &results).await?
+            }
             None => warn!("final results not available; keeping the last ones read"),
         }
     }
@@ -534,6 +550,46 @@ fn count_phases(metrics: &OperatorMetrics, experiments: &[Arc<LatencyExperiment>
     }
 }
 
+/// Why a replay cannot start, if it cannot: its RecordingSession or file is missing.
+/// The exchange downloads the file from the session's recorder at start.
+async fn replay_source_problem(
+    ctx: &Context,
+    namespace: &str,
+    replay: &ticklab_crd::ReplaySpec,
+) -> Result<Option<(String, String)>, Error> {
+    let sessions: Api<ticklab_crd::RecordingSession> =
+        Api::namespaced(ctx.client.clone(), namespace);
+    let Some(session) = sessions.get_opt(&replay.recording).await? else {
+        return Ok(Some((
+            "ReplaySourceNotFound".into(),
+            format!(
+                "exchange.replay.recording: RecordingSession {:?} does not exist in namespace {namespace}",
+                replay.recording
+            ),
+        )));
+    };
+    let files: Vec<String> = session
+        .status
+        .map(|s| s.files.into_iter().map(|f| f.name).collect())
+        .unwrap_or_default();
+    if files.contains(&replay.file) {
+        return Ok(None);
+    }
+    Ok(Some((
+        "ReplaySourceNotFound".into(),
+        format!(
+            "exchange.replay.file: RecordingSession {:?} has no file {:?} (it lists {})",
+            replay.recording,
+            replay.file,
+            if files.is_empty() {
+                "none yet".to_string()
+            } else {
+                files.join(", ")
+            }
+        ),
+    )))
+}
+
 fn generate_password() -> String {
     use rand::Rng;
     use rand::distr::Alphanumeric;
@@ -575,8 +631,9 @@ fn deployment_stuck(what: &str, deployment: Option<&Deployment>) -> Option<(Stri
         })
 }
 
-/// What the operator applies: a namespaced Kubernetes object it can serialize.
-trait Child:
+/// What the operator applies: a namespaced Kubernetes object it can serialize
+/// (shared by the experiment and recording controllers).
+pub(crate) trait Child:
     Resource<Scope = NamespaceResourceScope, DynamicType = ()>
     + k8s_openapi::Resource
     + Clone

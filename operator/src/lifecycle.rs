@@ -124,12 +124,29 @@ pub fn decide(experiment: &LatencyExperiment, observed: &Observed, now: Timestam
     }
     let started = started_at.unwrap_or(now);
     let Some(duration) = duration else {
-        return decision(
-            Phase::Running,
-            Workload::Running,
-            Some(started),
-            IDLE_RECHECK,
-        );
+        // A one-pass replay ends with its recording: complete once the trader has
+        // it all. Anything else without a duration runs until deleted.
+        if ends_with_its_recording(experiment) && observed.trader == TraderProgress::Settled {
+            return Decision {
+                phase: Phase::Completed,
+                workload: Workload::Stopped,
+                started_at: Some(started),
+                completes_now: true,
+                completion: Some((
+                    RESULTS_FINAL,
+                    "the recording was replayed to its end and the trader received or \
+                     recovered everything it could: the results are final"
+                        .to_string(),
+                )),
+                requeue: IDLE_RECHECK,
+            };
+        }
+        let requeue = if ends_with_its_recording(experiment) {
+            SETTLE_POLL
+        } else {
+            IDLE_RECHECK
+        };
+        return decision(Phase::Running, Workload::Running, Some(started), requeue);
     };
     let elapsed = Duration::try_from(now.duration_since(started)).unwrap_or_default();
     if elapsed < duration {
@@ -200,8 +217,21 @@ pub fn due_to_end(experiment: &LatencyExperiment, now: Timestamp) -> bool {
         (Some(duration), Some(started)) => {
             Duration::try_from(now.duration_since(started.0)).unwrap_or_default() >= duration
         }
+        // Its end is the recording's: the trader's account says when it came.
+        (None, Some(_)) => ends_with_its_recording(experiment),
         _ => false,
     }
+}
+
+/// A replay without a duration that is not looped ends when its recording does.
+fn ends_with_its_recording(experiment: &LatencyExperiment) -> bool {
+    experiment.spec.duration.is_none()
+        && experiment
+            .spec
+            .exchange
+            .replay
+            .as_ref()
+            .is_some_and(|r| !r.looped)
 }
 
 /// The condition types the reconciler owns; `SLOMet` belongs to the results poller.
@@ -379,6 +409,33 @@ mod tests {
         assert!(c[0].message.contains("mongodb"), "{c:?}");
         let d = decide(&e, &available(), t(0));
         assert_eq!((d.phase, d.started_at), (Phase::Running, Some(t(0))));
+    }
+
+    #[test]
+    fn a_one_pass_replay_completes_when_its_recording_has_arrived_a_looped_one_never() {
+        for (looped, completes) in [(false, true), (true, false)] {
+            let mut e = experiment(&format!(
+                "  exchange: {{replay: {{recording: r, file: f.pcap, loop: {looped}}}}}\n"
+            ));
+            e.status = Some(LatencyExperimentStatus {
+                phase: Some(Phase::Running),
+                observed_generation: Some(1),
+                started_at: Some(Time(t(0))),
+                ..Default::default()
+            });
+            assert_eq!(due_to_end(&e, t(1)), completes);
+            let d = decide(&e, &available(), t(1));
+            assert_eq!(d.phase, Phase::Running);
+            let mut settled = available();
+            settled.trader = TraderProgress::Settled;
+            let d = decide(&e, &settled, t(1000));
+            let want = if completes {
+                Phase::Completed
+            } else {
+                Phase::Running
+            };
+            assert_eq!(d.phase, want, "looped: {looped}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `ticklab-operator`: checks that ticklab's CRDs are installed, serves `/metrics`,
 //! `/healthz` and `/readyz`, joins the leader election, and reconciles
-//! LatencyExperiments while it leads. SIGTERM stops it cleanly and hands the Lease
-//! to a standby at once.
+//! LatencyExperiments and RecordingSessions while it leads. SIGTERM stops it cleanly
+//! and hands the Lease to a standby at once.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +17,9 @@ use ticklab_operator::children::{ChildSettings, IsolationSettings};
 use ticklab_operator::controller::{self, Context};
 use ticklab_operator::leader::{Election, LeaseSettings};
 use ticklab_operator::metrics::OperatorMetrics;
+use ticklab_operator::recording::build::RecordingSettings;
+use ticklab_operator::recording::controller as recording_controller;
+use ticklab_operator::recording::recorder_api::{DEFAULT_RECORDER_URL, RecorderApi};
 use ticklab_operator::results::{DEFAULT_STATS_URL, ResultsReader};
 use ticklab_operator::startup;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +29,7 @@ use tracing::{error, info};
 #[command(
     name = "ticklab-operator",
     version,
-    about = "Reconciles ticklab LatencyExperiments"
+    about = "Reconciles ticklab LatencyExperiments and RecordingSessions"
 )]
 struct Args {
     /// Address of the admin port (/metrics, /healthz, /readyz).
@@ -48,6 +51,13 @@ struct Args {
     /// Where a trader's /stats is; {name} and {namespace} are filled in.
     #[arg(long, env = "TICKLAB_STATS_URL", default_value = DEFAULT_STATS_URL)]
     stats_url: String,
+    /// Where a recorder's /recording is (the toggle and its status); {name} (the
+    /// RecordingSession) and {namespace} are filled in.
+    #[arg(long, env = "TICKLAB_RECORDER_URL", default_value = DEFAULT_RECORDER_URL)]
+    recorder_url: String,
+    /// StorageClass of the recorders' volumes (default: the cluster's default class).
+    #[arg(long, env = "TICKLAB_RECORDING_STORAGE_CLASS")]
+    recording_storage_class: Option<String>,
     /// Take part in leader election (turn off only when exactly one replica runs).
     #[arg(long, env = "TICKLAB_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -189,6 +199,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let results = ResultsReader::new(&args.stats_url, Duration::from_secs(2))
         .context("cannot build the HTTP client")?;
+    let recorder_api = RecorderApi::new(&args.recorder_url, Duration::from_secs(2))
+        .context("cannot build the HTTP client")?;
+    let recording = RecordingSettings {
+        storage_class_name: args
+            .recording_storage_class
+            .clone()
+            .filter(|class| !class.is_empty()),
+    };
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -204,9 +222,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // two replicas does not stall waiting for the one that never leads.
     admin.set_ready(true);
 
+    let controllers = |stop: CancellationToken| {
+        let experiments = controller::run(ctx.clone(), args.namespace.clone(), stop.clone());
+        let recordings = recording_controller::run(
+            ctx.clone(),
+            recording.clone(),
+            recorder_api.clone(),
+            args.namespace.clone(),
+            stop,
+        );
+        async move {
+            tokio::join!(experiments, recordings);
+        }
+    };
+
     if !args.leader_election {
         metrics.leader.set(1);
-        controller::run(ctx, args.namespace.clone(), shutdown.clone()).await;
+        controllers(shutdown.clone()).await;
         shutdown.cancel();
         let _ = admin_server.await;
         return Ok(());
@@ -239,7 +271,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         info!(%identity, "leading: reconciling");
         metrics.leader.set(1);
         let stop = shutdown.child_token();
-        let controller = tokio::spawn(controller::run(ctx, args.namespace.clone(), stop.clone()));
+        let controller = tokio::spawn(controllers(stop.clone()));
         tokio::select! {
             () = shutdown.cancelled() => {}
             () = election.lost() => {

@@ -9,11 +9,15 @@ use ticklab_crd::ExperimentResults;
 
 /// Where a trader's `/stats` is, with `{name}` (the experiment) and `{namespace}`.
 pub const DEFAULT_STATS_URL: &str = "http://{name}-trader.{namespace}.svc:9190/stats";
+/// Where a replaying exchange's report is.
+pub const DEFAULT_REPLAY_URL: &str = "http://{name}-exchange.{namespace}.svc:9090/replay";
 
 #[derive(Clone)]
 pub struct ResultsReader {
     http: reqwest::Client,
     template: String,
+    /// `/replay` of a replaying exchange (same placeholders).
+    pub replay_template: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,7 @@ impl ResultsReader {
         Ok(Self {
             http: reqwest::Client::builder().timeout(timeout).build()?,
             template: template.to_string(),
+            replay_template: DEFAULT_REPLAY_URL.to_string(),
         })
     }
 
@@ -87,5 +92,33 @@ impl ResultsReader {
             .json::<TraderStats>()
             .await
             .map_err(|source| ReadError::Decode { url, source })
+    }
+
+    /// A replaying exchange's report (final once its feed has ended).
+    pub async fn read_replay(
+        &self,
+        name: &str,
+        namespace: &str,
+    ) -> Result<ticklab_exchange::replay::ReplayReport, String> {
+        let url = self
+            .replay_template
+            .replace("{name}", name)
+            .replace("{namespace}", namespace);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the exchange at {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "the exchange at {url} answered {}",
+                response.status()
+            ));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| format!("the exchange at {url} sent a report ticklab cannot read: {e}"))
     }
 }

@@ -54,14 +54,17 @@ app.kubernetes.io/component: operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{/* Selects the pods of every experiment (children carry this label). */}}
+{{/*
+Selects the pods of every experiment and recording (children carry these labels):
+exchanges, traders, and one recorder per RecordingSession.
+*/}}
 {{- define "ticklab.experimentPodSelector" -}}
 matchLabels:
   app.kubernetes.io/managed-by: ticklab-operator
 matchExpressions:
   - key: app.kubernetes.io/component
     operator: In
-    values: [exchange, trader]
+    values: [exchange, trader, recorder]
 {{- end -}}
 
 {{- define "ticklab.dashboardsNamespace" -}}

@@ -274,6 +274,28 @@ fn check_name(name: &str) -> Result<(), String> {
 /// Rules across fields: the CRD states them as CEL rules, which the API server
 /// evaluates and the schema validator used here does not.
 fn check_rules(spec: &LatencyExperimentSpec) -> Result<(), (String, String)> {
+    let exchange = &spec.exchange;
+    match &exchange.replay {
+        None if exchange.symbols.is_empty() => {
+            return Err((
+                "spec.exchange.symbols".into(),
+                "needs at least one instrument (unless exchange.replay is set)".into(),
+            ));
+        }
+        None if exchange.rate_per_second == 0 => {
+            return Err((
+                "spec.exchange.ratePerSecond".into(),
+                "is required (unless exchange.replay is set)".into(),
+            ));
+        }
+        Some(replay) if replay.speed.is_some() && replay.top_speed => {
+            return Err((
+                "spec.exchange.replay".into(),
+                "takes speed or topSpeed, not both".into(),
+            ));
+        }
+        _ => {}
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, symbol) in spec.exchange.symbols.iter().enumerate() {
         if !seen.insert(symbol) {

@@ -53,15 +53,23 @@ pub struct LatencyExperimentSpec {
 }
 
 /// The exchange's feed.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.replay) || size(self.symbols) > 0").message("needs at least one instrument unless exchange.replay is set").field_path(".symbols"),
+    validation = Rule::new("has(self.replay) || self.ratePerSecond > 0").message("must be at least 1 unless exchange.replay is set").field_path(".ratePerSecond")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExchangeSpec {
     /// Instruments to trade, from ticklab's catalogue (currency pairs and crypto).
-    #[schemars(length(min = 1, max = 14))]
+    /// Required unless `replay` is set (a replay trades what was recorded).
+    #[serde(default)]
+    #[schemars(length(max = 14))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub symbols: Vec<Instrument>,
-    /// Average trades per second over all symbols (Poisson arrivals).
-    #[schemars(range(min = 1, max = 50_000_000))]
+    /// Average trades per second over all symbols (Poisson arrivals), 1 to 50
+    /// million. Required unless `replay` is set.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 50_000_000))]
     pub rate_per_second: u64,
     /// Seed of the trade generator: the same seed gives the same trades.
     #[serde(default = "default_seed")]
@@ -84,6 +92,33 @@ pub struct ExchangeSpec {
     /// Deliberate faults, to see loss detection and recovery at work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub faults: Option<FaultSpec>,
+    /// Publish a recording instead of generated trades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplaySpec>,
+}
+
+/// A recorded feed replayed into the trader: a file of a RecordingSession, fetched
+/// from its recorder, at a speed multiplier or at top speed, optionally looped.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!(has(self.speed) && has(self.topSpeed) && self.topSpeed)").message("replay takes speed or topSpeed, not both"))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplaySpec {
+    /// The RecordingSession (same namespace) whose recorder holds the file.
+    #[schemars(length(min = 1, max = 253))]
+    pub recording: String,
+    /// The file, as the session's status lists it.
+    #[schemars(length(min = 1, max = 253))]
+    pub file: String,
+    /// Speed multiplier against the recording's own timing, 0.1 to 100 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.1, max = 100.0))]
+    pub speed: Option<f64>,
+    /// As fast as possible, no schedule.
+    #[serde(default)]
+    pub top_speed: bool,
+    /// Start again after the last packet, until `spec.duration` ends.
+    #[serde(default, rename = "loop")]
+    pub looped: bool,
 }
 
 /// Bursts of trades at a multiple of the base rate.

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Experiment","type":"string","jsonPath":".spec.experiment"}"#,
     printcolumn = r#"{"name":"Enabled","type":"boolean","jsonPath":".spec.enabled"}"#,
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Packets","type":"integer","jsonPath":".status.packets"}"#,
     printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.bytes"}"#,
+    printcolumn = r#"{"name":"Files","type":"integer","jsonPath":".status.fileCount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -80,30 +82,44 @@ impl Default for Rotation {
     }
 }
 
-/// Observed state of a recording.
+/// Observed state of a recording, copied from the recorder every few seconds.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordingSessionStatus {
-    /// Recording or Paused.
+    /// Recording or Paused, as the recorder last reported it (a recorder finishing
+    /// the recovery of a span it was told to stop shows as Recording until done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<RecordingState>,
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Recording and such, keyed by type.
+    /// ExperimentFound, Ready (the recorder is available and answers) and Recording,
+    /// keyed by type.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// Packets recorded so far.
+    /// Packets the recorder has written since it started (each file's own count is
+    /// in `files`, which survive a restart of the recorder).
     #[serde(default)]
     pub packets: u64,
-    /// Bytes recorded so far.
+    /// Bytes the recorder has written since it started.
     #[serde(default)]
     pub bytes: u64,
+    /// How many files the recorder holds (`files` lists the newest 200).
+    #[serde(default)]
+    pub file_count: u64,
     /// The files, oldest first, with the feed sequence numbers each holds.
     #[serde(default)]
     pub files: Vec<RecordedFile>,
+    /// The recorder's HTTP address inside the cluster: `GET /files`,
+    /// `GET /files/NAME` (through `kubectl port-forward` from outside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
+
+/// Most files listed in the status: the status is one object in etcd, and a long
+/// recording rotating every few minutes would otherwise outgrow it.
+pub const MAX_STATUS_FILES: usize = 200;
 
 /// Recording or paused.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -124,6 +140,32 @@ pub struct RecordedFile {
     pub last_seq: u64,
     /// Size in bytes.
     pub bytes: u64,
+    /// Packets (pcap records, as tshark counts them) or trade lines in the file.
+    #[serde(default)]
+    pub packets: u64,
+    /// Receive time of the first packet (RFC 3339, nanoseconds, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// Receive time of the last packet (RFC 3339, nanoseconds, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    /// Sequence numbers between `firstSeq` and `lastSeq` the recorder could not get
+    /// (neither tapped nor recovered); empty when nothing is missing.
+    #[serde(default)]
+    pub missing: Vec<SequenceRange>,
+    /// False while the recorder still writes to the file.
+    #[serde(default)]
+    pub complete: bool,
+}
+
+/// An inclusive range of feed sequence numbers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SequenceRange {
+    /// First sequence number of the range.
+    pub first: u64,
+    /// Last sequence number of the range (inclusive).
+    pub last: u64,
 }
 
 fn default_true() -> bool {

@@ -66,6 +66,50 @@ pub struct ExperimentResults {
     /// Met, Breached, or absent when no SLO is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo_verdict: Option<SloVerdict>,
+    /// When the feed was a replayed recording: how faithfully it was replayed, and
+    /// the recording's own latency beside this run's `feedLatency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayResults>,
+}
+
+/// A replay's account, from the exchange that replayed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayResults {
+    /// Speed multiplier; absent: top speed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    /// Passes over the recording.
+    pub loops: u64,
+    /// Packets replayed.
+    pub packets: u64,
+    /// Messages (trades) replayed.
+    pub messages: u64,
+    /// How late packets left against their schedule (absent at top speed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lateness: Option<Percentiles>,
+    /// One-way feed latency in the recording itself (its capture time minus each
+    /// trade's send time), to compare with this run's `feedLatency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_feed_latency: Option<Percentiles>,
+}
+
+/// Percentiles in microseconds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median, µs.
+    pub p50_micros: f64,
+    /// 90th percentile, µs.
+    pub p90_micros: f64,
+    /// 99th percentile, µs.
+    pub p99_micros: f64,
+    /// 99.9th percentile, µs.
+    pub p999_micros: f64,
+    /// Largest sample, µs.
+    pub max_micros: f64,
 }
 
 /// Percentiles of one latency distribution, in microseconds with nanosecond digits.

@@ -11,6 +11,7 @@
 mod support;
 
 mod harness;
+mod recording;
 
 use std::time::Duration;
 
