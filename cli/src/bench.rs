@@ -97,6 +97,7 @@ fn spec(rate: u64, packet_bytes: u32, seconds: u64, busy_poll: bool) -> LatencyE
             max_packet_bytes: packet_bytes,
             retransmission_buffer: 16 * 1024 * 1024,
             faults: None,
+            replay: None,
         },
         trader: TraderSpec {
             strategy: StrategySpec {
@@ -131,6 +132,7 @@ async fn run_rate(
             mongodb_uri: None,
             trader_port: 0,
             exchange_port: 0,
+            replay: None,
         },
     )
     .await?;

@@ -2,23 +2,29 @@
 //! socket must exist before the exchange sends), then the exchange; a progress bar
 //! shows the live rate and percentiles; when the exchange ends the session the
 //! trader gets a moment to recover the last gaps, then both stop and the report
-//! is printed.
+//! is printed. RecordingSessions in the same file record the feed into
+//! `--recordings-dir`; an experiment whose exchange replays a recording (or
+//! `ticklab replay FILE`) publishes that file instead of generated trades.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
+use ticklab_crd::experiment_file::{ExperimentFileError, Manifest};
 use ticklab_crd::{
-    ExperimentResults, LatencyExperiment, LatencyExperimentSpec, SloVerdict, Transport,
+    ExperimentResults, Instrument, LatencyExperiment, LatencyExperimentSpec, RecordingSession,
+    SloVerdict, Transport,
 };
+use ticklab_exchange::replay::ReplayConfig;
 use ticklab_exchange::{ExchangeConfig, ExchangeReport};
 use ticklab_trader::TraderConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::ports::{free_tcp, free_udp, loopback};
 use crate::progress::Progress;
+use crate::recording::{LocalRecorders, replay_of};
 use crate::report;
-use crate::{OutputFormat, RunArgs, exit};
+use crate::{OutputFormat, ReplayArgs, RunArgs, TransportArg, exit};
 
 /// How long the trader may keep recovering after the feed ended.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +44,22 @@ pub struct RunReport {
     pub interrupted: bool,
     pub results: ExperimentResults,
     pub exchange: ExchangeReport,
+    /// What each RecordingSession recorded, and where.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recordings: Vec<RecordingSummary>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingSummary {
+    pub name: String,
+    pub directory: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub files: usize,
+    pub recovered: u64,
+    pub unrecoverable: u64,
+    pub write_errors: u64,
 }
 
 /// Exchange and trader running on loopback for one experiment.
@@ -54,6 +76,8 @@ pub struct PairOptions {
     pub mongodb_uri: Option<String>,
     pub trader_port: u16,
     pub exchange_port: u16,
+    /// Publish this recording instead of generated trades.
+    pub replay: Option<ReplayConfig>,
 }
 
 impl LocalPair {
@@ -74,9 +98,15 @@ impl LocalPair {
         let trader_registry = ticklab_admin::experiment_registry("trader", name)?;
         let exchange_registry = ticklab_admin::experiment_registry("exchange", name)?;
 
+        // A replay trades whatever was recorded: the trader knows every instrument.
+        let symbols = if options.replay.is_some() && spec.exchange.symbols.is_empty() {
+            Instrument::ALL.to_vec()
+        } else {
+            spec.exchange.symbols.clone()
+        };
         let trader_config = TraderConfig {
             experiment: name.to_string(),
-            symbols: spec.exchange.symbols.clone(),
+            symbols,
             spec: spec.trader.clone(),
             transport,
             feed_udp_listen: loopback(0),
@@ -108,6 +138,7 @@ impl LocalPair {
             order_tcp_listen: order_tcp,
             order_http_listen: order_http,
             admin_listen: loopback(options.exchange_port),
+            replay: options.replay.clone(),
         };
         match ticklab_exchange::start(exchange_config, exchange_registry, exchange_stop.clone())
             .await
@@ -142,7 +173,118 @@ impl LocalPair {
     }
 }
 
-pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result<u8> {
+/// The experiment of a `ticklab run` file and the RecordingSessions that record
+/// it. A session naming another experiment is an error (it would record nothing);
+/// MirrorSessions need a cluster and are refused.
+pub fn load_run_file(
+    path: &std::path::Path,
+) -> Result<(LatencyExperiment, Vec<RecordingSession>), ExperimentFileError> {
+    let origin = path.display().to_string();
+    let invalid = |field: &str, problem: String| ExperimentFileError::Invalid {
+        origin: origin.clone(),
+        field: field.to_string(),
+        problem,
+    };
+    let manifests = ticklab_crd::load_manifests(path)?;
+    let mut experiments = Vec::new();
+    let mut sessions = Vec::new();
+    for manifest in manifests {
+        match manifest {
+            Manifest::Experiment(e) => experiments.push(e),
+            Manifest::Recording(r) => sessions.push(r),
+            Manifest::Mirror(m) => {
+                return Err(invalid(
+                    "kind",
+                    format!(
+                        "MirrorSession {:?} needs a cluster (traffic mirroring); ticklab run takes a LatencyExperiment and RecordingSessions",
+                        m.metadata.name.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+    let experiment = match experiments.len() {
+        1 => experiments.remove(0),
+        0 => {
+            return Err(invalid(
+                "kind",
+                "the file holds no LatencyExperiment".into(),
+            ));
+        }
+        n => {
+            return Err(invalid(
+                "kind",
+                format!("the file holds {n} LatencyExperiments; ticklab run runs one"),
+            ));
+        }
+    };
+    let name = experiment.metadata.name.clone().unwrap_or_default();
+    if let Some(other) = sessions.iter().find(|s| s.spec.experiment != name) {
+        return Err(invalid(
+            "spec.experiment",
+            format!(
+                "RecordingSession {:?} records experiment {:?}, which is not in the file (it holds {name:?})",
+                other.metadata.name.clone().unwrap_or_default(),
+                other.spec.experiment
+            ),
+        ));
+    }
+    Ok((experiment, sessions))
+}
+
+/// `ticklab replay FILE`: an experiment whose exchange replays FILE into a trader.
+pub fn replay_run(args: &ReplayArgs) -> anyhow::Result<(LatencyExperiment, RunArgs, ReplayConfig)> {
+    if !args.file.is_file() {
+        anyhow::bail!("{}: no such file", args.file.display());
+    }
+    let transport = match args.transport {
+        TransportArg::Udp => "udp",
+        TransportArg::Tcp => "tcp",
+        TransportArg::Websocket => "websocket",
+    };
+    let file_name = args
+        .file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let experiment: LatencyExperiment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ticklab.dev/v1alpha1",
+        "kind": "LatencyExperiment",
+        "metadata": {"name": args.name},
+        "spec": {
+            "exchange": {
+                "transport": transport,
+                "replay": {"recording": "local", "file": file_name, "loop": args.looped},
+            },
+            "trader": {"persistence": {"enabled": false}},
+        },
+    }))
+    .context("building the replay experiment")?;
+    let replay = ReplayConfig {
+        source: args.file.display().to_string(),
+        speed: (!args.top_speed).then_some(args.speed),
+        looped: args.looped,
+    };
+    let run_args = RunArgs {
+        file: args.file.clone(),
+        output: args.output,
+        mongodb_uri: None,
+        duration: args.duration,
+        trader_port: args.trader_port,
+        exchange_port: args.exchange_port,
+        quiet: args.quiet,
+        recordings_dir: std::path::PathBuf::from("recordings"),
+        recorder_port: 0,
+    };
+    Ok((experiment, run_args, replay))
+}
+
+pub async fn run(
+    experiment: LatencyExperiment,
+    sessions: Vec<RecordingSession>,
+    args: RunArgs,
+    replay: Option<ReplayConfig>,
+) -> anyhow::Result<u8> {
     let name = experiment
         .metadata
         .name
@@ -158,6 +300,8 @@ pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result
     };
     let interrupted = CancellationToken::new();
     ticklab_admin::cancel_on_signal(interrupted.clone());
+    let replay = replay.or_else(|| replay_of(&spec, &args.recordings_dir));
+    let replaying = replay.is_some();
     let pair = LocalPair::start(
         &name,
         &spec,
@@ -166,16 +310,36 @@ pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result
             mongodb_uri: mongodb_uri.clone(),
             trader_port: args.trader_port,
             exchange_port: args.exchange_port,
+            replay,
         },
     )
     .await?;
+    let recorders = match LocalRecorders::start(
+        &name,
+        &sessions,
+        &args.recordings_dir,
+        pair.exchange.addrs.retransmit,
+        args.recorder_port,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = pair.stop().await;
+            return Err(e);
+        }
+    };
     let (trader, exchange) = (&pair.trader, &pair.exchange);
 
     let quiet = args.quiet || args.output == OutputFormat::Json;
     if !quiet {
+        let what = if replaying {
+            "a recording".to_string()
+        } else {
+            format!("{} trades/s", spec.exchange.rate_per_second)
+        };
         eprintln!(
-            "ticklab: running {name:?}: {} trades/s over {} for {}; trader API http://{}/stats, metrics http://{}/metrics and http://{}/metrics",
-            spec.exchange.rate_per_second,
+            "ticklab: running {name:?}: {what} over {} for {}; trader API http://{}/stats, metrics http://{}/metrics and http://{}/metrics",
             transport_name(transport),
             duration.map_or_else(|| "until Ctrl-C".to_string(), |d| format!("{d:?}")),
             trader.addrs.api,
@@ -215,7 +379,26 @@ pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result
     }
     progress.finish();
     let elapsed = started.elapsed();
+    // Recorders first: they may still be recovering the last gaps from the exchange.
+    let recorded = if recorders.is_empty() {
+        Vec::new()
+    } else {
+        recorders.stop().await?
+    };
     let (mut results, exchange_report) = pair.stop().await?;
+    let recordings = recorded
+        .into_iter()
+        .map(|(status, dir)| RecordingSummary {
+            name: status.recording,
+            directory: dir.display().to_string(),
+            packets: status.packets,
+            bytes: status.bytes,
+            files: status.index.files.len(),
+            recovered: status.recovered,
+            unrecoverable: status.unrecoverable,
+            write_errors: status.write_errors,
+        })
+        .collect();
     if let Some(slo) = &spec.slo {
         results.slo_verdict = Some(results.judge(slo));
     }
@@ -233,6 +416,7 @@ pub async fn run(experiment: LatencyExperiment, args: RunArgs) -> anyhow::Result
         interrupted: was_interrupted,
         results,
         exchange: exchange_report,
+        recordings,
     };
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&run_report)?),

@@ -9,6 +9,7 @@ mod bench;
 mod local_run;
 mod ports;
 mod progress;
+mod recording;
 mod report;
 mod serve;
 
@@ -35,12 +36,73 @@ enum Command {
     Exchange(serve::ServeArgs),
     /// Run the trader service from a rendered configuration (as in a pod).
     Trader(serve::ServeArgs),
+    /// Run the recorder service from a rendered configuration (as in a pod).
+    Recorder(serve::ServeArgs),
+    /// Replay a recorded feed (pcap, pcapng or JSON lines) into a local trader and
+    /// report its latency beside the recording's own.
+    Replay(ReplayArgs),
+    /// Recorded files.
+    #[command(subcommand)]
+    Recordings(RecordingsCommand),
     /// Check a manifest the way the API server would, without running it: every
     /// LatencyExperiment, RecordingSession and MirrorSession in the file.
     Validate {
         /// YAML with one or more ticklab resources (`---` separated).
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum RecordingsCommand {
+    /// Print a recording directory's index: files, sequence ranges, counts, times.
+    Ls {
+        /// A recording directory (e.g. ./recordings/NAME).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    Udp,
+    Tcp,
+    Websocket,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ReplayArgs {
+    /// The recording: pcap, pcapng (any capture holding ticklab feed packets) or
+    /// JSON lines written by a recorder.
+    pub file: PathBuf,
+    /// Speed multiplier against the recording's timing, 0.1 to 100.
+    #[arg(long, default_value = "1", value_parser = recording::parse_speed, conflicts_with = "top_speed")]
+    pub speed: f64,
+    /// As fast as possible, no schedule.
+    #[arg(long)]
+    pub top_speed: bool,
+    /// Start again after the last packet (until --duration or Ctrl-C).
+    #[arg(long = "loop")]
+    pub looped: bool,
+    /// How the replayed feed reaches the trader.
+    #[arg(long, value_enum, default_value_t = TransportArg::Udp)]
+    pub transport: TransportArg,
+    /// Stop after this long (e.g. 30s); default: one pass (looped: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Report format.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Experiment name in the report and on the metrics.
+    #[arg(long, default_value = "replay")]
+    pub name: String,
+    /// Port of the trader's REST and metrics endpoint (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub trader_port: u16,
+    /// Port of the exchange's metrics endpoint (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub exchange_port: u16,
 }
 
 #[derive(clap::Args, Clone)]
@@ -65,6 +127,13 @@ pub struct RunArgs {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// Where RecordingSessions in the file record (each into DIR/NAME/), and where
+    /// an experiment's `exchange.replay` finds its file (DIR/RECORDING/FILE).
+    #[arg(long, default_value = "recordings")]
+    pub recordings_dir: PathBuf,
+    /// Port of the first recorder's HTTP endpoint (files, toggle, metrics; 0: any).
+    #[arg(long, default_value_t = 0)]
+    pub recorder_port: u16,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -148,8 +217,52 @@ fn main() -> ExitCode {
         Command::Bench(command) => block_on(bench::run(command)),
         Command::Exchange(args) => block_on(serve::exchange(args)),
         Command::Trader(args) => block_on(serve::trader(args)),
+        Command::Recorder(args) => block_on(serve::recorder(args)),
+        Command::Recordings(RecordingsCommand::Ls { dir }) => match recording::list(&dir) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ticklab: {e:#}");
+                ExitCode::from(exit::BAD_INPUT)
+            }
+        },
+        Command::Replay(args) => {
+            let (experiment, run_args, replay) = match local_run::replay_run(&args) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("ticklab: {e:#}");
+                    return ExitCode::from(exit::BAD_INPUT);
+                }
+            };
+            match runtime().map(|rt| {
+                rt.block_on(local_run::run(
+                    experiment,
+                    Vec::new(),
+                    run_args,
+                    Some(replay),
+                ))
+            }) {
+                Ok(Ok(code)) => ExitCode::from(code),
+                Ok(Err(e)) => {
+                    eprintln!("ticklab: {e:#}");
+                    // A file that cannot be replayed is bad input, not a failure.
+                    let bad_file = matches!(
+                        e.downcast_ref::<ticklab_exchange::Error>(),
+                        Some(ticklab_exchange::Error::Replay(_))
+                    );
+                    ExitCode::from(if bad_file {
+                        exit::BAD_INPUT
+                    } else {
+                        exit::RUNTIME
+                    })
+                }
+                Err(code) => code,
+            }
+        }
         Command::Run(args) => {
-            let experiment = match ticklab_crd::load_experiment(&args.file) {
+            let (experiment, sessions) = match local_run::load_run_file(&args.file) {
                 Ok(e) => e,
                 Err(e) => {
                     eprintln!("ticklab: {e}");
@@ -164,7 +277,8 @@ fn main() -> ExitCode {
                     "warn",
                 );
             }
-            match runtime().map(|rt| rt.block_on(local_run::run(experiment, args))) {
+            match runtime().map(|rt| rt.block_on(local_run::run(experiment, sessions, args, None)))
+            {
                 Ok(Ok(code)) => ExitCode::from(code),
                 Ok(Err(e)) => {
                     eprintln!("ticklab: {e:#}");

@@ -103,5 +103,81 @@ pub fn table(r: &RunReport) -> String {
         Some(SloVerdict::Breached) => out.push_str("SLO: BREACHED\n"),
         None => {}
     }
+    if let Some(replay) = &r.exchange.replay {
+        out.push('\n');
+        out.push_str(&replay_section(replay, res.feed_latency.as_ref()));
+    }
+    for rec in &r.recordings {
+        out.push_str(&format!(
+            "recorded {}: {} packets, {} bytes in {} file(s) under {} · {} recovered, {} unrecoverable{}\n",
+            rec.name,
+            rec.packets,
+            rec.bytes,
+            rec.files,
+            rec.directory,
+            rec.recovered,
+            rec.unrecoverable,
+            if rec.write_errors > 0 {
+                format!(" · {} WRITE ERRORS", rec.write_errors)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    out
+}
+
+/// The replay's fidelity and the recording's latency beside this run's.
+fn replay_section(
+    replay: &ticklab_exchange::replay::ReplayReport,
+    replayed: Option<&LatencySummary>,
+) -> String {
+    let mut out = format!(
+        "replay of {} at {}{}: {} packets ({} messages) in {:.3}s over a recording of {:.3}s, {} pass(es), {} records skipped\n",
+        replay.source,
+        replay
+            .speed
+            .map_or_else(|| "top speed".to_string(), |s| format!("×{s}")),
+        if replay.looped { ", looped" } else { "" },
+        replay.packets_sent,
+        replay.messages_sent,
+        replay.elapsed_ns as f64 / 1e9,
+        replay.recording_span_ns as f64 / 1e9,
+        replay.loops,
+        replay.skipped_records,
+    );
+    let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0);
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(vec!["µs", "samples", "p50", "p90", "p99", "p99.9", "max"]);
+    let mut row = |label: &str, p: Option<&ticklab_exchange::replay::Percentiles>| {
+        let mut cells = vec![Cell::new(label)];
+        match p {
+            Some(p) => {
+                cells.push(Cell::new(p.count).set_alignment(CellAlignment::Right));
+                for v in [p.p50_ns, p.p90_ns, p.p99_ns, p.p999_ns, p.max_ns] {
+                    cells.push(Cell::new(us(v)).set_alignment(CellAlignment::Right));
+                }
+            }
+            None => {
+                cells.push(Cell::new("0").set_alignment(CellAlignment::Right));
+                cells.extend((0..5).map(|_| Cell::new("—").set_alignment(CellAlignment::Right)));
+            }
+        }
+        t.add_row(cells);
+    };
+    row("lateness against schedule", replay.lateness.as_ref());
+    row("feed latency, recording", replay.original_latency.as_ref());
+    let replayed = replayed.map(|s| ticklab_exchange::replay::Percentiles {
+        count: s.count,
+        p50_ns: (s.p50_micros * 1000.0) as u64,
+        p90_ns: (s.p90_micros * 1000.0) as u64,
+        p99_ns: (s.p99_micros * 1000.0) as u64,
+        p999_ns: (s.p999_micros * 1000.0) as u64,
+        max_ns: (s.max_micros * 1000.0) as u64,
+    });
+    row("feed latency, this replay", replayed.as_ref());
+    out.push_str(&t.to_string());
+    out.push('\n');
     out
 }

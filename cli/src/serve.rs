@@ -1,4 +1,4 @@
-//! `ticklab exchange --config F` and `ticklab trader --config F`: the services as
+//! `ticklab exchange|trader|recorder --config F`: the services as
 //! they run in a pod, from the configuration the operator renders, in the one
 //! binary the container image ships. Run until SIGTERM; JSON logs by default.
 
@@ -68,4 +68,15 @@ pub async fn exchange(args: ServeArgs) -> anyhow::Result<()> {
     let handle = ticklab_exchange::start(config, registry, shutdown).await?;
     let report = handle.join().await?;
     write_results(&args.results_file, &report)
+}
+
+pub async fn recorder(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs(&args);
+    let config: ticklab_recorder::RecorderConfig = read_config(&args.config)?;
+    let shutdown = CancellationToken::new();
+    ticklab_admin::cancel_on_signal(shutdown.clone());
+    let registry = ticklab_recorder::metrics::registry(&config.experiment, &config.recording)?;
+    let handle = ticklab_recorder::start(config, registry, shutdown).await?;
+    let status = handle.join().await?;
+    write_results(&args.results_file, &status)
 }

@@ -70,18 +70,80 @@ fn experiment_file(dir: &Path) -> PathBuf {
         .replace("duration: 8s", "duration: 120s")
         .replace("p99Micros: 2000", "p99Micros: 0.001");
     assert!(text.contains("dropPercent: 5") && text.contains("p99Micros: 0.001"));
+    // A recorder too, so the recording panels and alerts have data.
+    let text = format!(
+        "{text}\n---\napiVersion: ticklab.dev/v1alpha1\nkind: RecordingSession\nmetadata:\n  name: {EXPERIMENT}\nspec:\n  experiment: {EXPERIMENT}\n"
+    );
     let path = dir.join("observability.yaml");
     std::fs::write(&path, text).unwrap();
     path
 }
 
-fn start_local_run(file: &Path, trader: u16, exchange: u16) -> Process {
+fn start_local_run(file: &Path, ports: &Ports) -> Process {
+    let recordings = file.with_file_name("recordings");
     let child = Command::new(env!("CARGO_BIN_EXE_ticklab"))
         .arg("run")
         .arg(file)
-        .args(["--trader-port", &trader.to_string()])
-        .args(["--exchange-port", &exchange.to_string()])
+        .args(["--trader-port", &ports.trader.to_string()])
+        .args(["--exchange-port", &ports.exchange.to_string()])
+        .args(["--recorder-port", &ports.recorder.to_string()])
+        .arg("--recordings-dir")
+        .arg(&recordings)
         .args(["--output", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Process(child)
+}
+
+/// The scrape targets' ports.
+struct Ports {
+    trader: u16,
+    exchange: u16,
+    recorder: u16,
+    replay_trader: u16,
+    replay_exchange: u16,
+    operator: u16,
+}
+
+/// A short recording (2 s, recorded by `ticklab run`), then `ticklab replay` of it
+/// looped at ×1, so the replay panels have data.
+fn start_replay(dir: &Path, ports: &Ports) -> Process {
+    let file = dir.join("to-replay.yaml");
+    let text = std::fs::read_to_string(repo().join("manifests/examples/quickstart.yaml"))
+        .unwrap()
+        .replace("duration: 8s", "duration: 2s");
+    std::fs::write(
+        &file,
+        format!("{text}\n---\napiVersion: ticklab.dev/v1alpha1\nkind: RecordingSession\nmetadata:\n  name: short\nspec:\n  experiment: quickstart\n"),
+    )
+    .unwrap();
+    let recordings = dir.join("short-recordings");
+    let status = Command::new(env!("CARGO_BIN_EXE_ticklab"))
+        .arg("run")
+        .arg(&file)
+        .arg("--recordings-dir")
+        .arg(&recordings)
+        .args(["--output", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let recorded = std::fs::read_dir(recordings.join("short"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "pcap"))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ticklab"))
+        .arg("replay")
+        .arg(&recorded)
+        .args(["--loop", "--name", EXPERIMENT])
+        .args(["--trader-port", &ports.replay_trader.to_string()])
+        .args(["--exchange-port", &ports.replay_exchange.to_string()])
+        .args(["--output", "json", "--quiet"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -204,8 +266,16 @@ async fn start_operator(client: Client, ns: &str, admin: SocketAddr, stop: Cance
 
 /// Prometheus scraping every target each second, with the chart's alert rules. The
 /// targets get the labels Kubernetes service discovery gives them in a cluster.
-fn start_prometheus(dir: &Path, port: u16, trader: u16, exchange: u16, operator: u16) -> Process {
+fn start_prometheus(dir: &Path, port: u16, ports: &Ports) -> Process {
     let rules = repo().join("charts/ticklab/rules/ticklab-alerts.yaml");
+    let Ports {
+        trader,
+        exchange,
+        recorder,
+        replay_trader,
+        replay_exchange,
+        operator,
+    } = ports;
     let config = format!(
         r#"global: {{scrape_interval: 1s, evaluation_interval: 1s}}
 rule_files: ["{rules}"]
@@ -213,9 +283,15 @@ scrape_configs:
   - job_name: ticklab-experiments
     static_configs:
       - targets: ["127.0.0.1:{trader}"]
-        labels: {{namespace: local, pod: {EXPERIMENT}-trader, container: trader}}
+        labels: {{namespace: local, pod: {EXPERIMENT}-trader, container: trader, endpoint: api}}
       - targets: ["127.0.0.1:{exchange}"]
-        labels: {{namespace: local, pod: {EXPERIMENT}-exchange, container: exchange}}
+        labels: {{namespace: local, pod: {EXPERIMENT}-exchange, container: exchange, endpoint: admin}}
+      - targets: ["127.0.0.1:{recorder}"]
+        labels: {{namespace: local, pod: {EXPERIMENT}-recorder, container: recorder, endpoint: admin}}
+      - targets: ["127.0.0.1:{replay_trader}"]
+        labels: {{namespace: local, pod: {EXPERIMENT}-replay-trader, container: trader, endpoint: api}}
+      - targets: ["127.0.0.1:{replay_exchange}"]
+        labels: {{namespace: local, pod: {EXPERIMENT}-replay-exchange, container: exchange, endpoint: admin}}
   - job_name: ticklab-operator
     static_configs:
       - targets: ["127.0.0.1:{operator}"]
@@ -567,8 +643,15 @@ async fn check_everything(prometheus: &Prometheus) -> (Vec<String>, usize) {
 #[tokio::test]
 async fn every_dashboard_query_and_alert_expression_returns_data_from_a_real_prometheus() {
     let dir = tempfile::tempdir().unwrap();
-    let (trader, exchange, operator, prometheus_port) =
-        (free_port(), free_port(), free_port(), free_port());
+    let ports = Ports {
+        trader: free_port(),
+        exchange: free_port(),
+        recorder: free_port(),
+        replay_trader: free_port(),
+        replay_exchange: free_port(),
+        operator: free_port(),
+    };
+    let prometheus_port = free_port();
 
     let client = kube_client().await;
     install_crds(&client).await;
@@ -577,13 +660,13 @@ async fn every_dashboard_query_and_alert_expression_returns_data_from_a_real_pro
     start_operator(
         client.clone(),
         &ns,
-        SocketAddr::from(([127, 0, 0, 1], operator)),
+        SocketAddr::from(([127, 0, 0, 1], ports.operator)),
         stop.clone(),
     )
     .await;
-    let _run = start_local_run(&experiment_file(dir.path()), trader, exchange);
-    let _prometheus_process =
-        start_prometheus(dir.path(), prometheus_port, trader, exchange, operator);
+    let _replay = start_replay(dir.path(), &ports);
+    let _run = start_local_run(&experiment_file(dir.path()), &ports);
+    let _prometheus_process = start_prometheus(dir.path(), prometheus_port, &ports);
     let prometheus = Prometheus {
         http: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{prometheus_port}"),
