@@ -21,7 +21,10 @@ use super::harness::{
     DumpLogsOnFailure, Steps, install_chart, kubectl_cmd, proxy_get, ready_pod, use_real_node,
 };
 use super::{REAL_NODE, apply, trader_stats, u, wait_running};
-use crate::support::{run, run_with_input, wait_for, with_temp_ns};
+use crate::support::{
+    condition as condition_of, run, run_with_input, wait_for, wait_phase, with_temp_ns,
+};
+use ticklab_crd::Phase;
 
 /// The StorageClass name the chart is told to use; no such class exists: the
 /// volume below is bound to the claim by hand (static provisioning).
@@ -312,6 +315,36 @@ async fn a_recording_toggled_off_and_on_in_real_pods_holds_what_its_index_says()
             assert_eq!(frames.lines().count() as u64, file.packets, "tshark on {}", file.name);
         }
         steps.done("files downloaded and read by tshark");
+
+        // The first file replayed at ×10 into a live trader by another experiment:
+        // its exchange downloads the file from the recorder; the run completes when
+        // the recording has arrived, every message of it, with the replay's account.
+        let file = &done.files[0];
+        apply(
+            &ns,
+            &json!({
+                "apiVersion": "ticklab.dev/v1alpha1", "kind": "LatencyExperiment",
+                "metadata": {"name": "replayed"},
+                "spec": {
+                    "exchange": {"transport": "udp",
+                                 "replay": {"recording": SESSION, "file": file.name, "speed": 10}},
+                    "trader": {"persistence": {"enabled": false}},
+                },
+            }),
+        );
+        let replayed = wait_phase(&client, &ns, "replayed", Phase::Completed, Duration::from_secs(180)).await;
+        let status = replayed.status.unwrap();
+        assert_eq!(condition_of(&status, "Completed").reason, "FeedEnded", "{status:?}");
+        let results = status.results.unwrap();
+        let messages = file.last_seq - file.first_seq + 1;
+        assert_eq!(results.sent, messages, "{results:?}");
+        assert_eq!(results.lost, 0, "{results:?}");
+        assert_eq!(results.received + results.recovered, messages, "{results:?}");
+        let replay = results.replay.expect("the replay's account in the results");
+        assert_eq!(replay.messages, messages, "{replay:?}");
+        assert_eq!(replay.lateness.as_ref().unwrap().count, replay.packets, "{replay:?}");
+        assert!(replay.recording_feed_latency.is_some(), "{replay:?}");
+        steps.done("a recorded file replayed at x10 in real pods");
 
         let report = json!({
             "kubectl patch itself (ms; the figures below start at its return)":
