@@ -379,7 +379,8 @@ pub fn build(
 /// retransmission, orders, MongoDB; a recorder of the experiment carries its label,
 /// so its taps and recovery requests reach the exchange's retransmission port, and
 /// the tapped copies come back as replies on the same 5-tuple, which conntrack
-/// admits), the operator's pods (the trader's results), and the metrics scrapers'
+/// admits), the operator's pods (the trader's results, a replaying exchange's
+/// report on its admin port), and the metrics scrapers'
 /// namespaces (admin ports only). Nothing from another experiment reaches them, as
 /// dev, QA and prod were kept apart in the system ticklab grew from. Egress stays
 /// open: DNS, the API server and external MongoDB live at addresses a policy cannot
@@ -405,7 +406,10 @@ fn isolation_policy(
                 },
                 NetworkPolicyIngressRule {
                     from: Some(vec![operator_peer(isolation)]),
-                    ports: Some(vec![tcp_port(ports::TRADER_API)]),
+                    ports: Some(vec![
+                        tcp_port(ports::TRADER_API),
+                        tcp_port(ports::EXCHANGE_ADMIN),
+                    ]),
                 },
                 NetworkPolicyIngressRule {
                     from: Some(vec![scrapers_peer(isolation)]),

@@ -344,18 +344,7 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
     let same_run = previous.observed_generation == experiment.metadata.generation;
     if decision.completes_now {
         match &final_stats {
-            Some(stats) => {
-                let mut results = stats.results.clone();
-                if experiment.spec.exchange.replay.is_some() {
-                    // The replay's fidelity and the recording's latency, beside this
-                    // run's; without them the results still stand.
-                    match ctx.results.read_replay(&name, &namespace).await {
-                        Ok(report) => results.replay = Some(report.results()),
-                        Err(why) => warn!(%why, "the replay's report is not available"),
-                    }
-                }
-                write_results(ctx, experiment, &results).await?
-            }
+            Some(stats) => write_results(ctx, experiment, &stats.results).await?,
             None => warn!("final results not available; keeping the last ones read"),
         }
     }
@@ -456,6 +445,31 @@ async fn write_results(
     experiment: &LatencyExperiment,
     results: &ExperimentResults,
 ) -> Result<(), kube::Error> {
+    let mut results = results.clone();
+    if experiment.spec.exchange.replay.is_some() && results.replay.is_none() {
+        // A replay's fidelity and the recording's latency, beside this run's, from
+        // the replaying exchange. Every write carries them (the poller's too, or it
+        // would drop them); when the exchange cannot be read, the last ones stand.
+        results.replay = match ctx
+            .results
+            .read_replay(
+                &experiment.name_any(),
+                &experiment.namespace().unwrap_or_default(),
+            )
+            .await
+        {
+            Ok(report) => Some(report.results()),
+            Err(why) => {
+                debug!(%why, "the replay's report is not available");
+                experiment
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.results.as_ref())
+                    .and_then(|r| r.replay.clone())
+            }
+        };
+    }
+    let results = &results;
     let previous = experiment
         .status
         .as_ref()

@@ -529,7 +529,11 @@ fn isolation_admits_only_the_experiment_the_operator_and_scrapers() {
             .collect::<Vec<_>>()
     };
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int;
-    assert_eq!(ports(operator), vec![Int(9190)]);
+    assert_eq!(
+        ports(operator),
+        vec![Int(9190), Int(9090)],
+        "trader results, replay report"
+    );
     // 3: scrapers from the monitoring namespaces, the admin ports only.
     let scrapers = &rules[2];
     assert_eq!(ports(scrapers), vec![Int(9090), Int(9190)]);
