@@ -344,7 +344,7 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
     let same_run = previous.observed_generation == experiment.metadata.generation;
     if decision.completes_now {
         match &final_stats {
-            Some(stats) => write_results(ctx, experiment, &stats.results).await?,
+            Some(stats) => write_results(ctx, experiment, &stats.results, Write::Final).await?,
             None => warn!("final results not available; keeping the last ones read"),
         }
     }
@@ -440,10 +440,20 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
 pub const RESULTS_FIELD_MANAGER: &str = "ticklab-operator-results";
 
 /// Writes results (and the SLO verdict as the `SLOMet` condition) into the status.
+/// How results are written: the reconciler's final ones unconditionally, the
+/// poller's only onto the version of the experiment it read (so a poll that raced
+/// with the completion never replaces the final results).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Final,
+    IfUnchanged,
+}
+
 async fn write_results(
     ctx: &Context,
     experiment: &LatencyExperiment,
     results: &ExperimentResults,
+    write: Write,
 ) -> Result<(), kube::Error> {
     let mut results = results.clone();
     if experiment.spec.exchange.replay.is_some() && results.replay.is_none() {
@@ -487,11 +497,16 @@ async fn write_results(
         })
         .into_iter()
         .collect();
-    apply_status(
+    let precondition = match write {
+        Write::Final => None,
+        Write::IfUnchanged => experiment.resource_version(),
+    };
+    apply_status_at(
         ctx,
         experiment,
         RESULTS_FIELD_MANAGER,
         &serde_json::json!({"results": results, "conditions": conditions}),
+        precondition,
     )
     .await
 }
@@ -535,8 +550,14 @@ async fn poll_results(
                     {
                         return;
                     }
-                    if let Err(error) = write_results(&ctx, &experiment, &results).await {
-                        warn!(%name, %namespace, %error, "cannot write results");
+                    match write_results(&ctx, &experiment, &results, Write::IfUnchanged).await {
+                        Ok(()) => {}
+                        // The experiment changed since the store saw it (it may have
+                        // completed, with final results): the next tick decides.
+                        Err(kube::Error::Api(e)) if e.code == 409 => {
+                            debug!(%name, %namespace, "experiment changed; results not written");
+                        }
+                        Err(error) => warn!(%name, %namespace, %error, "cannot write results"),
                     }
                 }
             })
@@ -743,15 +764,30 @@ async fn apply_status(
     field_manager: &str,
     status: &impl Serialize,
 ) -> Result<(), kube::Error> {
+    apply_status_at(ctx, experiment, field_manager, status, None).await
+}
+
+/// Server-side apply of status fields; with `resource_version`, only onto that
+/// version of the object (409 Conflict otherwise).
+async fn apply_status_at(
+    ctx: &Context,
+    experiment: &LatencyExperiment,
+    field_manager: &str,
+    status: &impl Serialize,
+    resource_version: Option<String>,
+) -> Result<(), kube::Error> {
     let api: Api<LatencyExperiment> = Api::namespaced(
         ctx.client.clone(),
         &experiment.namespace().unwrap_or_default(),
     );
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": LatencyExperiment::api_version(&()),
         "kind": LatencyExperiment::kind(&()),
         "status": status,
     });
+    if let Some(version) = resource_version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": version });
+    }
     api.patch_status(
         &experiment.name_any(),
         &PatchParams::apply(field_manager).force(),

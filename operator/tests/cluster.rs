@@ -739,6 +739,37 @@ async fn a_missing_external_mongodb_secret_fails_the_experiment_with_a_reason() 
     .await;
 }
 
+#[tokio::test]
+async fn a_replay_of_a_missing_recording_fails_naming_what_is_missing() {
+    with_temp_ns("replay", |client, ns| async move {
+        let _operator = Operator::start(&ns, "replay", &[]);
+        let spec = json!({
+            "exchange": {"replay": {"recording": "tape", "file": "tape-1.pcap", "speed": 10}},
+            "trader": {"persistence": {"enabled": false}},
+        });
+        create(&client, &ns, &experiment("replayer", spec)).await;
+        let failed = wait_phase(
+            &client,
+            &ns,
+            "replayer",
+            Phase::Failed,
+            Duration::from_secs(30),
+        )
+        .await;
+        let status = failed.status.unwrap();
+        let ready = condition(&status, "Ready");
+        assert_eq!(ready.reason, "ReplaySourceNotFound");
+        assert!(
+            ready
+                .message
+                .contains("RecordingSession \"tape\" does not exist"),
+            "{}",
+            ready.message
+        );
+    })
+    .await;
+}
+
 #[test]
 fn the_operator_refuses_to_start_without_its_crds() {
     // The second API server of the test control plane has no ticklab CRDs.
