@@ -77,7 +77,7 @@ export TICKLAB_TEST_IMAGE="$image" TICKLAB_TEST_FERRETDB_IMAGE="$ferretdb_image"
   TICKLAB_TEST_PROBE_IMAGE="$probe_image"
 
 step "tests"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 step "fuzz (${FUZZ_SECONDS:-15}s per target)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-15}"

@@ -285,7 +285,8 @@ fn check_rules(spec: &LatencyExperimentSpec) -> Result<(), (String, String)> {
         None if exchange.rate_per_second == 0 => {
             return Err((
                 "spec.exchange.ratePerSecond".into(),
-                "is required (unless exchange.replay is set)".into(),
+                "must be at least 1, not 0 (it may be absent only when exchange.replay is set)"
+                    .into(),
             ));
         }
         Some(replay) if replay.speed.is_some() && replay.top_speed => {
