@@ -293,6 +293,24 @@ struct Exchange {
     child: Child,
     retransmit: String,
     feed: std::net::UdpSocket,
+    /// `host:port` of its `/metrics`.
+    admin: String,
+}
+
+impl Exchange {
+    /// Trades published so far (its own counter).
+    fn published(&self) -> Option<u64> {
+        let text = reqwest::blocking::get(format!("http://{}/metrics", self.admin))
+            .ok()?
+            .text()
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with("ticklab_exchange_trades_published_total"))?
+            .split_whitespace()
+            .last()?
+            .parse()
+            .ok()
+    }
 }
 
 impl Drop for Exchange {
@@ -324,6 +342,7 @@ fn exchange(tmp: &Path) -> Exchange {
     let feed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let retransmit = format!("127.0.0.1:{}", free_port(true));
     let tcp = || format!("127.0.0.1:{}", free_port(false));
+    let admin = tcp();
     let config = tmp.join("exchange.yaml");
     std::fs::write(
         &config,
@@ -335,7 +354,7 @@ fn exchange(tmp: &Path) -> Exchange {
             tcp(),
             tcp(),
             tcp(),
-            tcp()
+            admin
         ),
     )
     .unwrap();
@@ -360,6 +379,7 @@ fn exchange(tmp: &Path) -> Exchange {
         child,
         retransmit,
         feed,
+        admin,
     }
 }
 
@@ -479,11 +499,15 @@ fn the_toggle_pauses_and_resumes_without_a_gap_in_what_it_records() {
         status(&rec.url).filter(|s| s["state"] == "Paused")
     });
     // Paused: nothing more is written while the feed goes on (the tap's copies
-    // still in flight are counted as ignored, not written).
-    for _ in 0..5 {
+    // still in flight are counted as ignored, not written): three reads, each after
+    // the exchange published 2000 more trades.
+    let mut published = ex.published().unwrap();
+    for _ in 0..3 {
+        published = wait_for(10, "the exchange to publish more", || {
+            ex.published().filter(|&p| p >= published + 2000)
+        });
         let s = get(&format!("{}/recording", rec.url));
         assert_eq!(s["packets"], paused["packets"], "written while paused: {s}");
-        std::thread::sleep(Duration::from_millis(100));
     }
     toggle(true);
     wait_for(10, "recording again", || {

@@ -688,22 +688,33 @@ impl<K> Child for K where
 {
 }
 
-/// Server-side apply of one child; the error names it.
-async fn apply<K: Child>(ctx: &Context, namespace: &str, object: &K) -> Result<(), Error> {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
-    let name = object.meta().name.clone().unwrap_or_default();
+/// Server-side apply of one object as the operator's field manager; returns it as
+/// stored. Shared by the experiment and recording controllers.
+pub(crate) async fn server_side_apply<K: Child>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+) -> Result<K, kube::Error> {
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     api.patch(
-        &name,
+        &object.meta().name.clone().unwrap_or_default(),
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(object),
     )
     .await
-    .map(|_| ())
-    .map_err(|source| Error::Apply {
-        kind: <K as k8s_openapi::Resource>::KIND,
-        name,
-        source,
-    })
+}
+
+/// Server-side apply of one child; the error names it.
+async fn apply<K: Child>(ctx: &Context, namespace: &str, object: &K) -> Result<(), Error> {
+    let name = object.meta().name.clone().unwrap_or_default();
+    server_side_apply(&ctx.client, namespace, object)
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Apply {
+            kind: <K as k8s_openapi::Resource>::KIND,
+            name,
+            source,
+        })
 }
 
 /// Applies the children in the order they depend on each other, each stage at once:

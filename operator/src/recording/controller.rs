@@ -39,7 +39,7 @@ use super::build::{
 use super::recorder_api::RecorderApi;
 use super::status::{self, Observed, Workload};
 use crate::children::{MANAGED_BY, MANAGED_BY_LABEL};
-use crate::controller::Child;
+use crate::controller::{Child, server_side_apply};
 use crate::controller::{ERROR_KINDS, FIELD_MANAGER};
 
 /// The `controller` label of the operator's metrics.
@@ -597,19 +597,14 @@ async fn write_status(
 
 /// Server-side apply of one child; returns it as stored, the error names it.
 async fn apply<K: Child>(ctx: &Context, namespace: &str, object: &K) -> Result<K, Error> {
-    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), namespace);
     let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: <K as k8s_openapi::Resource>::KIND,
-        name,
-        source,
-    })
+    server_side_apply(&ctx.shared.client, namespace, object)
+        .await
+        .map_err(|source| Error::Apply {
+            kind: <K as k8s_openapi::Resource>::KIND,
+            name,
+            source,
+        })
 }
 
 /// Applies the children in the order they depend on each other, a failed stage
