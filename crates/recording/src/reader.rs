@@ -92,10 +92,9 @@ fn load<R: Read>(path: &Path, magic: &[u8], input: R) -> Result<LoadedFeed> {
     let magic_word = <[u8; 4]>::try_from(magic).map(u32::from_be_bytes).ok();
     match magic_word {
         _ if magic.is_empty() => return Err(format_err("empty file".into())),
-        Some(0xA1B2_C3D4 | 0xA1B2_3C4D | 0xD4C3_B2A1 | 0x4D3C_B2A1) => {
-            read_pcap(input, &mut collector).map_err(format_err)?
+        Some(0xA1B2_C3D4 | 0xA1B2_3C4D | 0xD4C3_B2A1 | 0x4D3C_B2A1 | 0x0A0D_0D0A) => {
+            walk_capture(magic, input, &mut collector).map_err(format_err)?
         }
-        Some(0x0A0D_0D0A) => read_pcapng(input, &mut collector).map_err(format_err)?,
         _ if magic.trim_ascii_start().first() == Some(&b'{') => {
             read_jsonl(path, input, &mut collector)?
         }
@@ -147,31 +146,70 @@ struct Candidate {
     payload: Vec<u8>,
 }
 
+/// What a walk through a capture file hands over, record by record.
+pub trait CaptureVisitor {
+    /// One frame of pcap link type `linktype`, captured at `ts_ns` (Unix ns).
+    fn frame(&mut self, linktype: u32, ts_ns: u64, data: &[u8]);
+    /// A record that could not be used, and why (a [`skip_reason`]).
+    fn skip(&mut self, why: &'static str);
+    /// A pcapng Decryption Secrets Block: its secrets type (0x544c534b "TLSK" for a
+    /// TLS key log) and data.
+    fn secrets(&mut self, _kind: u32, _data: &[u8]) {}
+}
+
+/// Secrets type of a TLS key log in a pcapng Decryption Secrets Block.
+pub const SECRETS_TLS_KEY_LOG: u32 = 0x544c_534b;
+/// pcapng block type of a Decryption Secrets Block.
+pub const DECRYPTION_SECRETS_BLOCK: u32 = 0x0000_000A;
+
+/// Walks a pcap or pcapng stream (told apart by `magic`, its first four bytes, which
+/// `input` must still start with), every section and interface, handing each frame
+/// to `visitor` with its time in ns (pcap µs or ns; pcapng `if_tsresol` and
+/// `if_tsoffset` honoured). A record that cannot be read stops the walk (no later
+/// record can be located after a bad one) and is reported through `skip`. Errors
+/// name what is wrong with the file as a whole.
+pub fn walk_capture<R: Read>(
+    magic: &[u8],
+    input: R,
+    visitor: &mut impl CaptureVisitor,
+) -> Result<(), String> {
+    match <[u8; 4]>::try_from(magic).map(u32::from_be_bytes).ok() {
+        Some(0xA1B2_C3D4 | 0xA1B2_3C4D | 0xD4C3_B2A1 | 0x4D3C_B2A1) => read_pcap(input, visitor),
+        Some(0x0A0D_0D0A) => read_pcapng(input, visitor),
+        _ => Err(format!(
+            "not a pcap or pcapng file (starts with {magic:02x?})"
+        )),
+    }
+}
+
 #[derive(Default)]
 struct Collector {
     candidates: Vec<Candidate>,
     sessions: Vec<Session>,
     skipped: BTreeMap<&'static str, u64>,
     total_records: u64,
-    /// Time of the last record, for pcapng simple packet blocks (which have none).
-    last_ts_ns: u64,
 }
 
-impl Collector {
+impl CaptureVisitor for Collector {
     fn skip(&mut self, why: &'static str) {
+        if why == reason::NO_INTERFACE {
+            // A packet record, if one that cannot be read.
+            self.total_records += 1;
+        }
         *self.skipped.entry(why).or_insert(0) += 1;
     }
 
     /// One captured frame of link type `linktype`.
     fn frame(&mut self, linktype: u32, ts_ns: u64, data: &[u8]) {
         self.total_records += 1;
-        self.last_ts_ns = ts_ns;
         match link::udp_payload(linktype, data) {
             Ok(payload) => self.payload(ts_ns, payload),
             Err(why) => self.skip(why),
         }
     }
+}
 
+impl Collector {
     fn payload(&mut self, ts_ns: u64, payload: &[u8]) {
         let packet = match FeedPacket::parse(payload) {
             Ok(p) => p,
@@ -241,7 +279,7 @@ impl Collector {
     }
 }
 
-fn read_pcap<R: Read>(input: R, collector: &mut Collector) -> Result<(), String> {
+fn read_pcap<R: Read>(input: R, collector: &mut impl CaptureVisitor) -> Result<(), String> {
     let mut reader = PcapReader::new(input).map_err(|e| format!("unreadable pcap header: {e}"))?;
     let header = reader.header();
     let linktype = u32::from(header.datalink);
@@ -274,11 +312,13 @@ struct Interface {
     tsoffset_s: i64,
 }
 
-fn read_pcapng<R: Read>(input: R, collector: &mut Collector) -> Result<(), String> {
+fn read_pcapng<R: Read>(input: R, collector: &mut impl CaptureVisitor) -> Result<(), String> {
     let mut reader =
         PcapNgReader::new(input).map_err(|e| format!("unreadable pcapng section header: {e}"))?;
     let mut big_endian = reader.section().endianness == Endianness::Big;
     let mut interfaces: Vec<Interface> = Vec::new();
+    // Time of the last record, for simple packet blocks (which have none).
+    let mut last_ts_ns = 0;
     while let Some(block) = reader.next_block() {
         let block = match block {
             Ok(b) => b,
@@ -314,7 +354,9 @@ fn read_pcapng<R: Read>(input: R, collector: &mut Collector) -> Result<(), Strin
                 // pcap-file hands the raw 64-bit timestamp over as nanoseconds
                 // whatever the interface's resolution; convert it here.
                 let units = u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX);
-                packet_block(collector, &interfaces, epb.interface_id, units, &epb.data);
+                last_ts_ns =
+                    packet_block(collector, &interfaces, epb.interface_id, units, &epb.data)
+                        .unwrap_or(last_ts_ns);
             }
             Block::Packet(pb) => {
                 // The obsolete packet block is read as one u64; the format stores
@@ -324,47 +366,66 @@ fn read_pcapng<R: Read>(input: R, collector: &mut Collector) -> Result<(), Strin
                 } else {
                     pb.timestamp.rotate_left(32)
                 };
-                packet_block(
+                last_ts_ns = packet_block(
                     collector,
                     &interfaces,
                     u32::from(pb.interface_id),
                     units,
                     &pb.data,
-                );
+                )
+                .unwrap_or(last_ts_ns);
             }
             Block::SimplePacket(spb) => match interfaces.first() {
                 // No timestamp of its own: it goes with the record before it.
-                Some(iface) => {
-                    let ts = collector.last_ts_ns;
-                    collector.frame(iface.linktype, ts, &spb.data);
-                }
-                None => {
-                    collector.total_records += 1;
-                    collector.skip(reason::NO_INTERFACE);
-                }
+                Some(iface) => collector.frame(iface.linktype, last_ts_ns, &spb.data),
+                None => collector.skip(reason::NO_INTERFACE),
             },
+            Block::Unknown(block) if block.type_ == DECRYPTION_SECRETS_BLOCK => {
+                // Secrets type, secrets length, then the secrets (padded).
+                let body = &block.value;
+                let word = |at: usize| {
+                    body.get(at..at + 4)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map(|b| {
+                            if big_endian {
+                                u32::from_be_bytes(b)
+                            } else {
+                                u32::from_le_bytes(b)
+                            }
+                        })
+                };
+                match (word(0), word(4)) {
+                    (Some(kind), Some(len)) => match body.get(8..8 + len as usize) {
+                        Some(data) => collector.secrets(kind, data),
+                        None => collector.skip(reason::CORRUPT),
+                    },
+                    _ => collector.skip(reason::CORRUPT),
+                }
+            }
             _ => {}
         }
     }
     Ok(())
 }
 
+/// Hands over one packet block's frame; returns its time.
 fn packet_block(
-    collector: &mut Collector,
+    collector: &mut impl CaptureVisitor,
     interfaces: &[Interface],
     interface_id: u32,
     units: u64,
     data: &[u8],
-) {
+) -> Option<u64> {
     match interfaces.get(interface_id as usize) {
         Some(iface) => {
             let ts = units_to_ns(units, iface.tsresol)
                 .saturating_add_signed(iface.tsoffset_s.saturating_mul(1_000_000_000));
             collector.frame(iface.linktype, ts, data);
+            Some(ts)
         }
         None => {
-            collector.total_records += 1;
             collector.skip(reason::NO_INTERFACE);
+            None
         }
     }
 }
