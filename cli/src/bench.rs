@@ -114,6 +114,7 @@ fn spec(rate: u64, packet_bytes: u32, seconds: u64, busy_poll: bool) -> LatencyE
         placement: Default::default(),
         duration: Some(format!("{seconds}s")),
         slo: None,
+        tls: None,
     }
 }
 
@@ -128,6 +129,7 @@ async fn run_rate(
         "bench",
         &spec(rate, packet_bytes, seconds, busy_poll),
         &PairOptions {
+            ports: None,
             duration: Some(duration),
             mongodb_uri: None,
             trader_port: 0,

@@ -1,24 +1,26 @@
 //! The desired children of a LatencyExperiment, built from its spec without a client:
 //! a ConfigMap with the rendered service configurations, exchange and trader
 //! Deployments and Services, (unless an external MongoDB is named) a MongoDB
-//! StatefulSet, headless Service and credentials Secret, and (when the operator is
-//! told to) a NetworkPolicy that isolates the experiment's pods from every other
-//! workload. Pure, so tests drive it from YAML fixtures; the reconciler applies what
+//! StatefulSet, headless Service and credentials Secret, (with `spec.tls` and no
+//! Secret named) the generated self-signed certificate's Secret, and (when the
+//! operator is told to) a NetworkPolicy that isolates the experiment's pods from
+//! every other workload. Pure, so tests drive it from YAML fixtures; the reconciler applies what
 //! it returns with server-side apply.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv6Addr, SocketAddr};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet,
     StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, PodAffinity,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, PodAffinity,
     PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
-    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -32,7 +34,9 @@ use sha2::{Digest, Sha256};
 use ticklab_crd::{Instrument, LatencyExperiment, LatencyExperimentSpec, Placement, Transport};
 use ticklab_exchange::ExchangeConfig;
 use ticklab_exchange::replay::ReplayConfig;
+use ticklab_exchange::tls::{CertificatePair, ServerTlsConfig};
 use ticklab_trader::TraderConfig;
+use ticklab_trader::tls::ClientTlsConfig;
 
 /// Ports the services listen on inside their pods (and their Services expose).
 pub mod ports {
@@ -162,10 +166,40 @@ pub enum Workload {
     Stopped,
 }
 
+/// Where the TLS Secret is mounted in the exchange's and the trader's pods (beside
+/// the configuration, not inside its read-only ConfigMap volume).
+pub const TLS_MOUNT: &str = "/etc/ticklab-tls";
+/// Keys of a Secret of type kubernetes.io/tls.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+pub const TLS_CA_KEY: &str = "ca.crt";
+
+/// What the reconciler read back or generated for an experiment with `spec.tls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsMaterial {
+    /// The key of the Secret the trader trusts: [`TLS_CA_KEY`] when the Secret has
+    /// one, else the certificate itself ([`TLS_CERT_KEY`], always present).
+    pub trust_key: &'static str,
+    /// Without `tls.secretName`: the self-signed pair of the Secret `NAME-tls`,
+    /// generated once and read back at every later reconcile (never rotated by one).
+    pub generated: Option<CertificatePair>,
+}
+
+impl Default for TlsMaterial {
+    fn default() -> Self {
+        Self {
+            trust_key: TLS_CERT_KEY,
+            generated: None,
+        }
+    }
+}
+
 /// Everything an experiment owns, in the order it is applied.
 #[derive(Clone, Debug)]
 pub struct Children {
     pub config: ConfigMap,
+    /// The generated certificate's Secret (`spec.tls` without `secretName`).
+    pub tls_secret: Option<Secret>,
     pub mongodb: Option<MongoChildren>,
     pub exchange_service: Service,
     pub trader_service: Service,
@@ -199,6 +233,8 @@ pub struct Names {
     pub trader: String,
     pub mongodb: String,
     pub network_policy: String,
+    /// The generated certificate's Secret.
+    pub tls: String,
 }
 
 impl Names {
@@ -209,18 +245,39 @@ impl Names {
             trader: format!("{experiment}-trader"),
             mongodb: format!("{experiment}-mongodb"),
             network_policy: format!("{experiment}-isolation"),
+            tls: format!("{experiment}-tls"),
         }
     }
 }
 
 /// Builds the desired children. `mongodb_password` is the generated password of the
 /// managed MongoDB: the reconciler reads it back from the existing Secret, so it is
-/// generated once per experiment and never rotated by a reconcile.
+/// generated once per experiment and never rotated by a reconcile. With `spec.tls`,
+/// the trader trusts the certificate itself and no generated Secret is built (see
+/// [`build_with_tls`]).
 pub fn build(
     experiment: &LatencyExperiment,
     settings: &ChildSettings,
     workload: Workload,
     mongodb_password: &str,
+) -> Result<Children, BuildError> {
+    build_with_tls(
+        experiment,
+        settings,
+        workload,
+        mongodb_password,
+        &TlsMaterial::default(),
+    )
+}
+
+/// [`build`], with what the reconciler knows of the experiment's TLS Secret: which
+/// key the trader trusts, and the generated pair when the operator makes the Secret.
+pub fn build_with_tls(
+    experiment: &LatencyExperiment,
+    settings: &ChildSettings,
+    workload: Workload,
+    mongodb_password: &str,
+    tls: &TlsMaterial,
 ) -> Result<Children, BuildError> {
     let name = experiment
         .metadata
@@ -246,6 +303,12 @@ pub fn build(
         hash.update(exchange_yaml.as_bytes());
         hash.update([0]);
         hash.update(trader_yaml.as_bytes());
+        // A regenerated certificate (its Secret was emptied) restarts both pods: each
+        // reads the certificate once, at start.
+        if let Some(pair) = &tls.generated {
+            hash.update([0]);
+            hash.update(pair.cert_pem.as_bytes());
+        }
         let digest = hash.finalize();
         digest[..8]
             .iter()
@@ -286,6 +349,18 @@ pub fn build(
         port("api", ports::TRADER_API, "TCP"),
     ];
 
+    // The exchange gets the certificate and its key; the trader only what it trusts
+    // (the private key never reaches the trader's pod).
+    let tls_secret_name = tls_secret_name(experiment, &names);
+    let exchange_tls = tls_secret_name.map(|secret| {
+        tls_volume(
+            secret,
+            &[(TLS_CERT_KEY, TLS_CERT_KEY), (TLS_KEY_KEY, TLS_KEY_KEY)],
+        )
+    });
+    let trader_tls =
+        tls_secret_name.map(|secret| tls_volume(secret, &[(tls.trust_key, TLS_CA_KEY)]));
+
     let exchange = service_deployment(ServiceDeployment {
         meta: meta(&names.exchange, "exchange"),
         experiment: name,
@@ -299,6 +374,7 @@ pub fn build(
         env: vec![],
         affinity: None,
         memory: Memory::exchange(spec),
+        tls: exchange_tls,
     });
 
     let trader_env = match mongodb_source {
@@ -321,6 +397,7 @@ pub fn build(
         env: trader_env,
         affinity: Some(placement_affinity(name, spec.placement)),
         memory: Memory::trader(spec),
+        tls: trader_tls,
     });
 
     let exchange_service = service(
@@ -364,8 +441,16 @@ pub fn build(
         ),
     });
 
+    let tls_secret = match (&spec.tls, &tls.generated) {
+        (Some(t), Some(pair)) if t.secret_name.is_none() => {
+            Some(generated_tls_secret(meta(&names.tls, "tls"), pair))
+        }
+        _ => None,
+    };
+
     Ok(Children {
         config,
+        tls_secret,
         mongodb,
         exchange_service,
         trader_service,
@@ -492,7 +577,7 @@ fn tcp_port(port: u16) -> NetworkPolicyPort {
 }
 
 /// The operator's pods, in the operator's namespace.
-fn operator_peer(isolation: &IsolationSettings) -> NetworkPolicyPeer {
+pub(crate) fn operator_peer(isolation: &IsolationSettings) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(
@@ -515,7 +600,7 @@ fn operator_peer(isolation: &IsolationSettings) -> NetworkPolicyPeer {
 }
 
 /// Every pod of the namespaces allowed to scrape metrics.
-fn scrapers_peer(isolation: &IsolationSettings) -> NetworkPolicyPeer {
+pub(crate) fn scrapers_peer(isolation: &IsolationSettings) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
         // An empty selector matches every namespace.
         namespace_selector: Some(LabelSelector {
@@ -523,6 +608,77 @@ fn scrapers_peer(isolation: &IsolationSettings) -> NetworkPolicyPeer {
                 .then(|| isolation.metrics_namespace_labels.clone()),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// The Secret holding the exchange's certificate, with `spec.tls`: the one named, or
+/// the generated `NAME-tls`.
+pub fn tls_secret_name<'a>(experiment: &'a LatencyExperiment, names: &'a Names) -> Option<&'a str> {
+    let tls = experiment.spec.tls.as_ref()?;
+    Some(tls.secret_name.as_deref().unwrap_or(&names.tls))
+}
+
+/// The names a client may use for the exchange's Service, which the generated
+/// certificate carries: the short name (same namespace), with the namespace, and the
+/// two fully qualified forms.
+pub fn tls_dns_names(experiment: &str, namespace: &str) -> Vec<String> {
+    let service = Names::of(experiment).exchange;
+    vec![
+        service.clone(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
+}
+
+/// The TLS Secret's `keys` (key in the Secret, file name) as files under
+/// [`TLS_MOUNT`], readable by the pod's group only (the pods run with that group as
+/// fsGroup), mounted read-only.
+fn tls_volume(secret: &str, keys: &[(&str, &str)]) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: "tls".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_string()),
+            items: Some(
+                keys.iter()
+                    .map(|(key, path)| KeyToPath {
+                        key: key.to_string(),
+                        path: path.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: "tls".into(),
+        mount_path: TLS_MOUNT.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    (volume, mount)
+}
+
+/// The generated certificate as a Secret of type kubernetes.io/tls (no `ca.crt`:
+/// the certificate is its own issuer, and the trader trusts it directly).
+fn generated_tls_secret(meta: ObjectMeta, pair: &CertificatePair) -> Secret {
+    Secret {
+        metadata: meta,
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            (
+                TLS_CERT_KEY.to_string(),
+                ByteString(pair.cert_pem.clone().into_bytes()),
+            ),
+            (
+                TLS_KEY_KEY.to_string(),
+                ByteString(pair.key_pem.clone().into_bytes()),
+            ),
+        ])),
         ..Default::default()
     }
 }
@@ -601,6 +757,11 @@ pub fn exchange_config(
         order_tcp_listen: any_addr(ports::ORDER_TCP),
         order_http_listen: any_addr(ports::ORDER_HTTP),
         admin_listen: any_addr(ports::EXCHANGE_ADMIN),
+        tls: spec.tls.as_ref().map(|tls| ServerTlsConfig {
+            cert_pem_path: format!("{TLS_MOUNT}/{TLS_CERT_KEY}").into(),
+            key_pem_path: format!("{TLS_MOUNT}/{TLS_KEY_KEY}").into(),
+            min_version: tls.min_version,
+        }),
         replay: spec.exchange.replay.as_ref().map(|r| ReplayConfig {
             // Downloaded from the session's recorder when the exchange starts.
             source: format!(
@@ -621,6 +782,12 @@ pub fn trader_config(experiment: &LatencyExperiment, name: &str, namespace: &str
     let names = Names::of(name);
     let spec = &experiment.spec;
     let exchange = service_host(&names.exchange, namespace);
+    let secure = spec.tls.is_some();
+    let (ws, http) = if secure {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     TraderConfig {
         experiment: name.to_string(),
         // A replay trades whatever was recorded: the trader knows every instrument.
@@ -635,11 +802,11 @@ pub fn trader_config(experiment: &LatencyExperiment, name: &str, namespace: &str
         feed_connect: match spec.exchange.transport {
             Transport::Udp => String::new(),
             Transport::Tcp => format!("{exchange}:{}", ports::FEED),
-            Transport::Websocket => format!("ws://{exchange}:{}/feed", ports::FEED),
+            Transport::Websocket => format!("{ws}://{exchange}:{}/feed", ports::FEED),
         },
         retransmit_server: format!("{exchange}:{}", ports::RETRANSMIT),
         order_tcp: format!("{exchange}:{}", ports::ORDER_TCP),
-        order_http: format!("http://{exchange}:{}", ports::ORDER_HTTP),
+        order_http: format!("{http}://{exchange}:{}", ports::ORDER_HTTP),
         api_listen: any_addr(ports::TRADER_API),
         mongodb_uri: None,
         // A managed MongoDB's first start can take a minute or two; waiting beats
@@ -647,6 +814,17 @@ pub fn trader_config(experiment: &LatencyExperiment, name: &str, namespace: &str
         mongodb_wait_seconds: 600,
         slo: spec.slo.clone(),
         recovery_timeout_ms: ticklab_trader::DEFAULT_RECOVERY_TIMEOUT_MS,
+        tls: spec.tls.as_ref().map(|tls| ClientTlsConfig {
+            ca_pem_path: format!("{TLS_MOUNT}/{TLS_CA_KEY}").into(),
+            // The name the certificate carries (generated: one of its SANs), for
+            // every connection, whatever address form is configured.
+            server_name: Some(exchange.clone()),
+            // Kept in memory for GET /keylog: the root filesystem is read-only, and
+            // the capture service reads the key log from the trader's API.
+            key_log_file: None,
+            key_log: tls.key_log,
+            min_version: tls.min_version,
+        }),
     }
 }
 
@@ -702,6 +880,8 @@ struct ServiceDeployment<'a> {
     env: Vec<EnvVar>,
     affinity: Option<Affinity>,
     memory: Memory,
+    /// The TLS Secret's volume and its read-only mount.
+    tls: Option<(Volume, VolumeMount)>,
 }
 
 /// A Deployment running `ticklab <component> --config /etc/ticklab/<component>.yaml`.
@@ -718,6 +898,7 @@ fn service_deployment(d: ServiceDeployment<'_>) -> Deployment {
         period_seconds: Some(5),
         ..Default::default()
     };
+    let (tls_volume, tls_mount) = d.tls.unzip();
     Deployment {
         metadata: d.meta,
         spec: Some(DeploymentSpec {
@@ -761,22 +942,30 @@ fn service_deployment(d: ServiceDeployment<'_>) -> Deployment {
                         liveness_probe: Some(probe("/healthz")),
                         resources: Some(resources("250m", d.memory)),
                         security_context: Some(restricted_container_security()),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "config".into(),
-                            mount_path: "/etc/ticklab".into(),
-                            read_only: Some(true),
-                            ..Default::default()
-                        }]),
+                        volume_mounts: Some(
+                            std::iter::once(VolumeMount {
+                                name: "config".into(),
+                                mount_path: "/etc/ticklab".into(),
+                                read_only: Some(true),
+                                ..Default::default()
+                            })
+                            .chain(tls_mount)
+                            .collect(),
+                        ),
                         ..Default::default()
                     }],
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: d.config_map.to_string(),
+                    volumes: Some(
+                        std::iter::once(Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: d.config_map.to_string(),
+                                ..Default::default()
+                            }),
                             ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                        })
+                        .chain(tls_volume)
+                        .collect(),
+                    ),
                     ..Default::default()
                 }),
             },

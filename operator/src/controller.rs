@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::children::{
-    self, BuildError, ChildSettings, MANAGED_BY, MANAGED_BY_LABEL, MongoDb, Names,
+    self, BuildError, ChildSettings, MANAGED_BY, MANAGED_BY_LABEL, MongoDb, Names, TlsMaterial,
 };
 use crate::lifecycle::{self, Observed, TraderProgress};
 use crate::metrics::OperatorMetrics;
@@ -85,6 +85,8 @@ pub enum Error {
     },
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
+    #[error("cannot generate the exchange's TLS certificate: {0}")]
+    Certificate(#[source] ticklab_exchange::tls::GenerateError),
 }
 
 /// Every value of [`Error::kind`]: the failure metric starts each at zero.
@@ -100,7 +102,7 @@ impl Error {
         };
         match self {
             Error::InvalidSpec { .. } => "invalid_spec",
-            Error::Build(_) => "build",
+            Error::Build(_) | Error::Certificate(_) => "build",
             Error::Apply { source, .. } => kube_kind(source),
             Error::Kube(error) => kube_kind(error),
         }
@@ -241,7 +243,8 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
         MongoDb::External { secret, named_by } => Some((secret, named_by)),
         MongoDb::None | MongoDb::Managed => None,
     };
-    let (managed_secret, external_secret, exchange, trader, mongodb) = tokio::try_join!(
+    let tls_secret_name = children::tls_secret_name(experiment, &names).map(str::to_string);
+    let (managed_secret, external_secret, tls_secret, exchange, trader, mongodb) = tokio::try_join!(
         async {
             match managed_mongodb {
                 true => secrets.get_opt(&names.mongodb).await,
@@ -251,6 +254,12 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
         async {
             match external {
                 Some((external, _)) => secrets.get_opt(&external.name).await,
+                None => Ok(None),
+            }
+        },
+        async {
+            match &tls_secret_name {
+                Some(secret) => secrets.get_opt(secret).await,
                 None => Ok(None),
             }
         },
@@ -299,6 +308,10 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
             }
             Some(_) => {}
         }
+    }
+    let (tls_material, tls_problem) = tls_material(experiment, &names, tls_secret.as_ref())?;
+    if observed.failure.is_none() {
+        observed.failure = tls_problem;
     }
     if observed.failure.is_none()
         && let Some(replay) = &experiment.spec.exchange.replay
@@ -349,11 +362,12 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
         }
     }
 
-    let desired = children::build(
+    let desired = children::build_with_tls(
         experiment,
         &ctx.settings,
         decision.workload,
         &mongodb_password,
+        &tls_material,
     )?;
     apply_children(ctx, &namespace, &desired).await?;
 
@@ -377,7 +391,12 @@ async fn reconcile_inner(experiment: &LatencyExperiment, ctx: &Context) -> Resul
                 children::ports::TRADER_API
             )),
             exchange: Some(format!(
-                "http://{}.{namespace}.svc:{}",
+                "{}://{}.{namespace}.svc:{}",
+                if experiment.spec.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 names.exchange,
                 children::ports::ORDER_HTTP
             )),
@@ -625,6 +644,82 @@ async fn replay_source_problem(
     )))
 }
 
+/// What the children need of the experiment's TLS Secret, and what keeps the run
+/// from starting, if anything. A named Secret must exist with `tls.crt` and
+/// `tls.key` (a missing one is a condition naming the Secret and key, as for an
+/// external MongoDB's Secret); the trader trusts its `ca.crt` when it has one. With
+/// no Secret named, the generated pair is read back from `NAME-tls` when that holds
+/// one, and generated (once) otherwise.
+#[allow(clippy::type_complexity)]
+pub fn tls_material(
+    experiment: &LatencyExperiment,
+    names: &Names,
+    secret: Option<&Secret>,
+) -> Result<(TlsMaterial, Option<(String, String)>), Error> {
+    let Some(tls) = &experiment.spec.tls else {
+        return Ok((TlsMaterial::default(), None));
+    };
+    let namespace = experiment.namespace().unwrap_or_default();
+    if let Some(named) = &tls.secret_name {
+        let problem = match secret {
+            None => Some((
+                "SecretNotFound".to_string(),
+                format!(
+                    "spec.tls.secretName: Secret {named:?} does not exist in namespace {namespace}"
+                ),
+            )),
+            Some(secret) => [children::TLS_CERT_KEY, children::TLS_KEY_KEY]
+                .into_iter()
+                .find(|key| !has_key(secret, key))
+                .map(|key| {
+                    (
+                        "SecretKeyNotFound".to_string(),
+                        format!("spec.tls.secretName: Secret {named:?} has no key {key:?}"),
+                    )
+                }),
+        };
+        let trust_key = if secret.is_some_and(|s| has_key(s, children::TLS_CA_KEY)) {
+            children::TLS_CA_KEY
+        } else {
+            children::TLS_CERT_KEY
+        };
+        return Ok((
+            TlsMaterial {
+                trust_key,
+                generated: None,
+            },
+            problem,
+        ));
+    }
+    let text = |key: &str| {
+        secret
+            .and_then(|s| s.data.as_ref())
+            .and_then(|d| d.get(key))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+    };
+    let pair = match (text(children::TLS_CERT_KEY), text(children::TLS_KEY_KEY)) {
+        (Some(cert_pem), Some(key_pem)) => {
+            ticklab_exchange::tls::CertificatePair { cert_pem, key_pem }
+        }
+        _ => {
+            info!(secret = %names.tls, "generating the exchange's self-signed TLS certificate");
+            ticklab_exchange::tls::self_signed(&children::tls_dns_names(
+                &experiment.name_any(),
+                &namespace,
+            ))
+            .map_err(Error::Certificate)?
+        }
+    };
+    Ok((
+        TlsMaterial {
+            trust_key: children::TLS_CERT_KEY,
+            generated: Some(pair),
+        },
+        None,
+    ))
+}
+
 fn generate_password() -> String {
     use rand::Rng;
     use rand::distr::Alphanumeric;
@@ -718,7 +813,8 @@ async fn apply<K: Child>(ctx: &Context, namespace: &str, object: &K) -> Result<(
 }
 
 /// Applies the children in the order they depend on each other, each stage at once:
-/// configuration (ConfigMap, MongoDB credentials) and the isolation policy first,
+/// configuration (ConfigMap, MongoDB credentials, the generated TLS certificate) and
+/// the isolation policy first,
 /// then the Services (a workload resolves its peers' names as it starts: the
 /// exchange's UDP feed target is the trader's Service), then MongoDB, then the
 /// exchange and trader. A failed stage stops the rest, so no workload ever starts
@@ -731,6 +827,7 @@ async fn apply_children(
     let mongodb = desired.mongodb.as_ref();
     tokio::try_join!(
         apply(ctx, namespace, &desired.config),
+        apply_if_wanted(ctx, namespace, desired.tls_secret.as_ref()),
         apply_if_wanted(ctx, namespace, mongodb.map(|m| &m.secret)),
         apply_if_wanted(ctx, namespace, desired.network_policy.as_ref()),
     )?;

@@ -1,7 +1,10 @@
 //! The child builder from YAML fixtures, without a cluster: names, owner references,
 //! the rendered service configurations, MongoDB managed or external, placement,
 //! scaling down, the restricted pod security every pod meets, the operator's default
-//! external MongoDB, and the NetworkPolicy that isolates an experiment.
+//! external MongoDB, the NetworkPolicy that isolates an experiment, and TLS: the
+//! rendered TLS configuration, the Secret mounted read-only, the private key kept out
+//! of the trader's pod, and the generated certificate's names (checked by real
+//! handshakes under each name).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -9,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use std::collections::BTreeMap;
-use ticklab_crd::{LatencyExperiment, Transport};
+use ticklab_crd::{LatencyExperiment, TlsVersion, Transport};
 use ticklab_exchange::ExchangeConfig;
 
 use ticklab_crd::SecretKeySelector;
@@ -548,4 +551,337 @@ fn isolation_admits_only_the_experiment_the_operator_and_scrapers() {
             .unwrap()["kubernetes.io/metadata.name"],
         "monitoring"
     );
+}
+
+/// An experiment from inline YAML, validated like the fixtures.
+fn inline(yaml: &str) -> LatencyExperiment {
+    ticklab_crd::parse_experiment(yaml, "inline").unwrap();
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+fn tls_experiment(tls: &str) -> LatencyExperiment {
+    inline(&format!(
+        "apiVersion: ticklab.dev/v1alpha1
+kind: LatencyExperiment
+metadata:
+  name: tls-lab
+  namespace: desk-t
+  uid: 1d1f0b7e-0000-4000-8000-00000000000b
+  generation: 1
+spec:
+  exchange:
+    symbols: [EURUSD]
+    ratePerSecond: 1000
+    transport: websocket
+  trader:
+    orderTransport: http
+    persistence: {{enabled: false}}
+  tls: {tls}
+"
+    ))
+}
+
+/// The TLS volume of a pod: (Secret name, [(key, path)]), and its mount.
+fn tls_volume(
+    p: &PodSpec,
+) -> (
+    (String, Vec<(String, String)>),
+    k8s_openapi::api::core::v1::VolumeMount,
+) {
+    let volume = p
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "tls")
+        .expect("a tls volume");
+    let secret = volume.secret.as_ref().unwrap();
+    let items = secret
+        .items
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|i| (i.key.clone(), i.path.clone()))
+        .collect();
+    let mount = p.containers[0]
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "tls")
+        .expect("a tls mount")
+        .clone();
+    ((secret.secret_name.clone().unwrap(), items), mount)
+}
+
+#[test]
+fn tls_with_a_named_secret_is_rendered_and_mounted_and_the_key_stays_with_the_exchange() {
+    let e = tls_experiment("{secretName: feed-cert, keyLog: true, minVersion: \"1.3\"}");
+    let material = children::TlsMaterial {
+        trust_key: children::TLS_CA_KEY,
+        generated: None,
+    };
+    let c = children::build_with_tls(
+        &e,
+        &ChildSettings::default(),
+        Workload::Running,
+        "",
+        &material,
+    )
+    .unwrap();
+    assert!(c.tls_secret.is_none(), "the named Secret is the user's");
+    let (exchange, trader) = configs(&c);
+
+    let server = exchange.tls.expect("exchange TLS");
+    assert_eq!(
+        (server.cert_pem_path.to_str(), server.key_pem_path.to_str()),
+        (
+            Some("/etc/ticklab-tls/tls.crt"),
+            Some("/etc/ticklab-tls/tls.key")
+        )
+    );
+    assert_eq!(server.min_version, TlsVersion::Tls13);
+    let client = trader.tls.expect("trader TLS");
+    assert_eq!(client.ca_pem_path.to_str(), Some("/etc/ticklab-tls/ca.crt"));
+    // The exchange Service's name, which the generated certificate carries too.
+    assert_eq!(
+        client.server_name.as_deref(),
+        Some("tls-lab-exchange.desk-t.svc")
+    );
+    assert!(client.key_log);
+    assert_eq!(client.key_log_file, None, "read-only root filesystem");
+    assert_eq!(client.min_version, TlsVersion::Tls13);
+    assert_eq!(
+        trader.feed_connect,
+        "wss://tls-lab-exchange.desk-t.svc:9000/feed"
+    );
+    assert_eq!(
+        trader.order_http,
+        "https://tls-lab-exchange.desk-t.svc:9003"
+    );
+
+    // The exchange mounts the certificate and its key, read-only.
+    let ((secret, items), mount) = tls_volume(pod(&c.exchange));
+    assert_eq!(secret, "feed-cert");
+    assert_eq!(
+        items,
+        [
+            ("tls.crt".to_string(), "tls.crt".to_string()),
+            ("tls.key".to_string(), "tls.key".to_string())
+        ]
+    );
+    assert_eq!(mount.mount_path, "/etc/ticklab-tls");
+    assert_eq!(mount.read_only, Some(true));
+    // The trader mounts what it trusts (the Secret's ca.crt here), read-only, and
+    // nothing of its pod mentions the private key.
+    let ((secret, items), mount) = tls_volume(pod(&c.trader));
+    assert_eq!(secret, "feed-cert");
+    assert_eq!(items, [("ca.crt".to_string(), "ca.crt".to_string())]);
+    assert_eq!(mount.read_only, Some(true));
+    let trader_pod = serde_json::to_string(pod(&c.trader)).unwrap();
+    assert!(!trader_pod.contains("tls.key"), "{trader_pod}");
+    let secret_mode = pod(&c.trader)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "tls")
+        .unwrap()
+        .secret
+        .as_ref()
+        .unwrap()
+        .default_mode;
+    assert_eq!(secret_mode, Some(0o440));
+
+    // A Secret without ca.crt: the trader trusts the certificate itself.
+    let c = children::build_with_tls(
+        &e,
+        &ChildSettings::default(),
+        Workload::Running,
+        "",
+        &children::TlsMaterial::default(),
+    )
+    .unwrap();
+    let ((_, items), _) = tls_volume(pod(&c.trader));
+    assert_eq!(items, [("tls.crt".to_string(), "ca.crt".to_string())]);
+
+    // Without spec.tls: no volume, no TLS, plain schemes.
+    let plain = fixture("websocket-no-persistence.yaml");
+    let c = build(&plain, Workload::Running);
+    let (exchange, trader) = configs(&c);
+    assert!(exchange.tls.is_none() && trader.tls.is_none());
+    for p in [pod(&c.exchange), pod(&c.trader)] {
+        assert!(p.volumes.as_ref().unwrap().iter().all(|v| v.name != "tls"));
+    }
+}
+
+#[test]
+fn a_missing_named_secret_or_key_is_a_condition_naming_both() {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use ticklab_operator::controller::tls_material;
+    let e = tls_experiment("{secretName: feed-cert}");
+    let names = children::Names::of("tls-lab");
+    let secret = |keys: &[&str]| Secret {
+        data: Some(
+            keys.iter()
+                .map(|k| (k.to_string(), ByteString(b"pem".to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+
+    let (_, problem) = tls_material(&e, &names, None).unwrap();
+    let (reason, message) = problem.unwrap();
+    assert_eq!(reason, "SecretNotFound");
+    assert!(
+        message.contains("\"feed-cert\"") && message.contains("desk-t"),
+        "{message}"
+    );
+    assert!(message.starts_with("spec.tls.secretName"), "{message}");
+
+    let (_, problem) = tls_material(&e, &names, Some(&secret(&["tls.crt"]))).unwrap();
+    let (reason, message) = problem.unwrap();
+    assert_eq!(reason, "SecretKeyNotFound");
+    assert!(
+        message.contains("\"feed-cert\"") && message.contains("\"tls.key\""),
+        "{message}"
+    );
+
+    let (material, problem) =
+        tls_material(&e, &names, Some(&secret(&["tls.crt", "tls.key"]))).unwrap();
+    assert!(problem.is_none());
+    assert_eq!(material.trust_key, "tls.crt");
+    let (material, _) =
+        tls_material(&e, &names, Some(&secret(&["tls.crt", "tls.key", "ca.crt"]))).unwrap();
+    assert_eq!(material.trust_key, "ca.crt");
+    assert!(material.generated.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_secret_is_kept_and_its_certificate_answers_to_every_service_name() {
+    use k8s_openapi::ByteString;
+    use ticklab_operator::controller::tls_material;
+    let e = tls_experiment("{keyLog: true}");
+    let names = children::Names::of("tls-lab");
+
+    // No Secret yet: one is generated.
+    let (material, problem) = tls_material(&e, &names, None).unwrap();
+    assert!(problem.is_none());
+    assert_eq!(material.trust_key, "tls.crt");
+    let pair = material.generated.clone().unwrap();
+    let c = children::build_with_tls(
+        &e,
+        &ChildSettings::default(),
+        Workload::Running,
+        "",
+        &material,
+    )
+    .unwrap();
+    let secret = c.tls_secret.clone().expect("the generated Secret");
+    assert_eq!(secret.metadata.name.as_deref(), Some("tls-lab-tls"));
+    assert_eq!(secret.metadata.namespace.as_deref(), Some("desk-t"));
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let owners = secret.metadata.owner_references.as_ref().unwrap();
+    assert_eq!(owners[0].uid, "1d1f0b7e-0000-4000-8000-00000000000b");
+    let data = secret.data.as_ref().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["tls.crt", "tls.key"]);
+    // Both pods mount it; the trader trusts its certificate and never gets its key.
+    assert_eq!(tls_volume(pod(&c.exchange)).0.0, "tls-lab-tls");
+    assert_eq!(
+        tls_volume(pod(&c.trader)).0,
+        (
+            "tls-lab-tls".to_string(),
+            vec![("tls.crt".to_string(), "ca.crt".to_string())]
+        )
+    );
+
+    // The next reconcile reads it back: the same pair, not a new one.
+    let (again, _) = tls_material(&e, &names, Some(&secret)).unwrap();
+    assert_eq!(again.generated.as_ref(), Some(&pair));
+    // An emptied Secret is generated anew.
+    let mut emptied = secret.clone();
+    emptied
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("tls.key".into(), ByteString(Vec::new()));
+    let (fresh, _) = tls_material(&e, &names, Some(&emptied)).unwrap();
+    assert_ne!(fresh.generated.as_ref(), Some(&pair));
+    // ... and rolls both pods, which read the certificate once, at start.
+    let renewed =
+        children::build_with_tls(&e, &ChildSettings::default(), Workload::Running, "", &fresh)
+            .unwrap();
+    assert_ne!(config_hash(&c.exchange), config_hash(&renewed.exchange));
+    assert_ne!(config_hash(&c.trader), config_hash(&renewed.trader));
+
+    // The certificate's names: a real handshake with the exchange's TLS side and the
+    // trader's TLS client, under each of the Service's names (the trader's
+    // configured server name among them), succeeds; under another name it fails.
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    std::fs::write(&cert, &data["tls.crt"].0).unwrap();
+    std::fs::write(&key, &data["tls.key"].0).unwrap();
+    let server = ticklab_exchange::tls::server_config(&ticklab_exchange::tls::ServerTlsConfig {
+        cert_pem_path: cert.clone(),
+        key_pem_path: key,
+        min_version: TlsVersion::Tls12,
+    })
+    .unwrap();
+    let exchange_metrics =
+        ticklab_exchange::metrics::ExchangeMetrics::register(&prometheus::Registry::new()).unwrap();
+    let stats = std::sync::Arc::new(ticklab_exchange::ExchangeStats::default());
+    let acceptor =
+        ticklab_exchange::tls::TlsAcceptor::new(server, "feed", &exchange_metrics, stats.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Some(mut tls) = acceptor.handshake(tcp, peer).await {
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut sink).await;
+                }
+            });
+        }
+    });
+    let (_, trader) = configs(&c);
+    let configured = trader.tls.unwrap().server_name.unwrap();
+    let sans = children::tls_dns_names("tls-lab", "desk-t");
+    assert_eq!(
+        sans,
+        [
+            "tls-lab-exchange",
+            "tls-lab-exchange.desk-t",
+            "tls-lab-exchange.desk-t.svc",
+            "tls-lab-exchange.desk-t.svc.cluster.local"
+        ]
+    );
+    assert!(sans.contains(&configured));
+    let trader_metrics =
+        ticklab_trader::metrics::TraderMetrics::register(&prometheus::Registry::new()).unwrap();
+    let handshake = |name: &str| {
+        let client = ticklab_trader::tls::TlsClient::new(
+            &ticklab_trader::tls::ClientTlsConfig {
+                ca_pem_path: cert.clone(),
+                server_name: Some(name.to_string()),
+                key_log_file: None,
+                key_log: false,
+                min_version: TlsVersion::Tls12,
+            },
+            None,
+            &trader_metrics,
+        )
+        .unwrap();
+        async move { client.connect(&addr.to_string()).await.map(|_| ()) }
+    };
+    for name in &sans {
+        handshake(name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let other = handshake("other-exchange.desk-t.svc").await.unwrap_err();
+    assert!(ticklab_trader::tls::is_handshake_error(&other), "{other}");
 }

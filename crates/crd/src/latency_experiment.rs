@@ -50,6 +50,12 @@ pub struct LatencyExperimentSpec {
     /// Service-level objective the results are judged against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<SloSpec>,
+    /// TLS (rustls) on every TCP channel: the TCP feed, the WebSocket feed (wss), the
+    /// binary TCP order channel and the HTTP order API (https). The UDP feed and the
+    /// UDP retransmission server stay plain, as exchanges' multicast is. Absent:
+    /// everything plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 }
 
 /// The exchange's feed.
@@ -222,6 +228,46 @@ pub enum OrderTransport {
     Tcp,
     /// JSON over HTTP/1.1 (`POST /orders`), as many retail APIs.
     Http,
+}
+
+/// TLS between the trader and the exchange.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSpec {
+    /// A Secret of type kubernetes.io/tls in the experiment's namespace whose
+    /// certificate (`tls.crt`, `tls.key`) the exchange serves; the trader trusts the
+    /// Secret's `ca.crt` if it has one, else `tls.crt` itself. Absent: the operator
+    /// generates a self-signed certificate for the names of the exchange's Service
+    /// into the Secret `NAME-tls` (once, kept, owned by the experiment); `ticklab run`
+    /// generates one for 127.0.0.1 and localhost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    ))]
+    pub secret_name: Option<String>,
+    /// The trader logs its TLS session secrets in the NSS key log format
+    /// (SSLKEYLOGFILE), served at `GET /keylog` on its API port (and written to
+    /// `ticklab run --keylog FILE`), so a capture of its traffic can be decrypted.
+    /// Whoever has the key log can read the traffic: a lab setting, never production.
+    #[serde(default)]
+    pub key_log: bool,
+    /// Lowest TLS version both sides accept: "1.2" (the default; 1.2 and 1.3 both
+    /// work, and rustls negotiates 1.3) or "1.3".
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+/// A TLS protocol version.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 (RFC 5246).
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 (RFC 8446).
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 /// Persistence of received trades.

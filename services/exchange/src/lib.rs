@@ -3,6 +3,9 @@
 //! requests from a ring of recent messages, and an order API (binary TCP and HTTP
 //! JSON) that acknowledges and fills orders with exchange timestamps.
 //!
+//! With `tls` configured, the four TCP channels (TCP and WebSocket feed, binary and
+//! HTTP order API) speak TLS ([`tls`]); the UDP feed and retransmission stay plain.
+//!
 //! [`start`] binds every socket first — so a port in use is an error naming it —
 //! then starts publishing; the `exchange` binary and `ticklab run` both use it.
 
@@ -17,6 +20,7 @@ pub mod retransmit;
 pub mod ring;
 pub mod streams;
 pub mod tap;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +71,9 @@ pub struct ExchangeConfig {
     /// Publish a recording instead of generated trades.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<replay::ReplayConfig>,
+    /// TLS on the TCP and WebSocket feed and both order channels; absent: plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::ServerTlsConfig>,
 }
 
 mod millis {
@@ -106,6 +113,7 @@ impl ExchangeConfig {
             order_http_listen: any,
             admin_listen: any,
             replay: None,
+            tls: None,
         }
     }
 }
@@ -124,6 +132,8 @@ pub enum Error {
     NoSymbols,
     #[error("{0}")]
     Replay(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Admin(#[from] ticklab_admin::Error),
     #[error("cannot register metrics: {0}")]
@@ -158,6 +168,8 @@ pub struct ExchangeStats {
     pub subscriptions: AtomicU64,
     pub tap_packets_sent: AtomicU64,
     pub tap_packets_failed: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// The exchange's own account of a run.
@@ -187,6 +199,11 @@ pub struct ExchangeReport {
     pub tap_packets_sent: u64,
     #[serde(default)]
     pub tap_packets_failed: u64,
+    /// TLS handshakes completed and failed, over every channel (zero without TLS).
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    #[serde(default)]
+    pub tls_handshake_failures: u64,
     /// The replay's account, when the feed was a recording.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<replay::ReplayReport>,
@@ -214,6 +231,8 @@ impl ExchangeStats {
             subscriptions: l(&self.subscriptions),
             tap_packets_sent: l(&self.tap_packets_sent),
             tap_packets_failed: l(&self.tap_packets_failed),
+            tls_handshakes: l(&self.tls_handshakes),
+            tls_handshake_failures: l(&self.tls_handshake_failures),
             replay: None,
         }
     }
@@ -300,6 +319,13 @@ pub async fn start(
     let ring = Arc::new(RetransmitRing::new(spec.retransmission_buffer as usize));
     let max_packet_bytes = spec.max_packet_bytes as usize;
     let services_stop = CancellationToken::new();
+    // The certificate is read before anything binds: a missing file fails the start.
+    let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let acceptor = |channel| {
+        tls_config
+            .clone()
+            .map(|c| tls::TlsAcceptor::new(c, channel, &metrics, stats.clone()))
+    };
 
     // Bind every socket before anything starts.
     let admin_listener = ticklab_admin::bind(config.admin_listen).await?;
@@ -365,13 +391,14 @@ pub async fn start(
                 first: feed_start.clone(),
                 stop: services_stop.clone(),
             };
+            let feed_tls = acceptor("feed");
             if spec.transport == Transport::Tcp {
-                tasks.push(tokio::spawn(streams::serve_tcp(listener, subs)));
+                tasks.push(tokio::spawn(streams::serve_tcp(listener, feed_tls, subs)));
             } else {
                 let router = streams::ws_router(subs);
                 let stop = services_stop.clone();
                 tasks.push(tokio::spawn(async move {
-                    if let Err(e) = ticklab_admin::serve(listener, router, stop).await {
+                    if let Err(e) = tls::serve_http(listener, feed_tls, router, stop).await {
                         tracing::error!(error = %e, "WebSocket feed server failed");
                     }
                 }));
@@ -383,14 +410,16 @@ pub async fn start(
     let matcher = Matcher::new(prices.clone(), ring.clone(), stats.clone(), metrics.clone());
     tasks.push(tokio::spawn(orders::serve_tcp(
         order_tcp,
+        acceptor("orders"),
         matcher.clone(),
         services_stop.clone(),
     )));
     {
         let stop = services_stop.clone();
         let router = orders::http_router(matcher);
+        let http_tls = acceptor("orders_http");
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = ticklab_admin::serve(order_http, router, stop).await {
+            if let Err(e) = tls::serve_http(order_http, http_tls, router, stop).await {
                 tracing::error!(error = %e, "order API failed");
             }
         }));
@@ -478,7 +507,7 @@ pub async fn start(
         })
         .map_err(Error::Thread)?;
     admin_state.set_ready(true);
-    tracing::info!(%session, ?addrs, transport = ?spec.transport, rate = spec.rate_per_second, "exchange started");
+    tracing::info!(%session, ?addrs, transport = ?spec.transport, tls = config.tls.is_some(), rate = spec.rate_per_second, "exchange started");
 
     Ok(ExchangeHandle {
         addrs,

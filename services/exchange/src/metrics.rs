@@ -21,6 +21,8 @@ pub struct ExchangeMetrics {
     pub replay_lateness: Histogram,
     pub replay_packets: IntCounter,
     pub replay_loops: IntCounter,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 impl ExchangeMetrics {
@@ -98,6 +100,26 @@ impl ExchangeMetrics {
             )?,
             replay_packets: counter("ticklab_replay_packets_total", "Recorded packets replayed")?,
             replay_loops: counter("ticklab_replay_loops_total", "Completed passes over the recording")?,
+            tls_handshakes: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ticklab_exchange_tls_handshakes_total",
+                        "TLS handshakes completed, by channel: feed, orders (binary TCP), orders_http",
+                    ),
+                    &["channel"],
+                )?,
+            )?,
+            tls_handshake_failures: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ticklab_exchange_tls_handshake_failures_total",
+                        "TLS handshakes that failed or timed out (a plain-TCP client, a refused certificate), by channel",
+                    ),
+                    &["channel"],
+                )?,
+            )?,
         })
     }
 }

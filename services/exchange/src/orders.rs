@@ -2,7 +2,8 @@
 //! last trade price — buys fill at the last price when their limit is at or above
 //! it, sells when at or below; otherwise they expire. Two entry points share the
 //! matcher: a binary TCP port (length-prefixed wire messages, Ack then Fill) and
-//! `POST /orders` (JSON). Malformed input is an error answer, never a panic.
+//! `POST /orders` (JSON), either of them over TLS when the experiment asks for it.
+//! Malformed input is an error answer, never a panic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ExchangeStats;
 use crate::metrics::ExchangeMetrics;
 use crate::ring::RetransmitRing;
+use crate::tls::{TlsAcceptor, secure};
 
 /// Last trade price per symbol, written by the publisher, read by the matcher.
 pub struct LastPrices {
@@ -135,8 +137,14 @@ impl Matcher {
     }
 }
 
-/// Binary order port: one task per connection, until `stop`.
-pub async fn serve_tcp(listener: TcpListener, matcher: Matcher, stop: CancellationToken) {
+/// Binary order port: one task per connection (its TLS handshake included), until
+/// `stop`.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    matcher: Matcher,
+    stop: CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -148,7 +156,11 @@ pub async fn serve_tcp(listener: TcpListener, matcher: Matcher, stop: Cancellati
         let _ = stream.set_nodelay(true);
         let matcher = matcher.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let Some(stream) = secure(tls.as_ref(), stream, peer).await else {
+                return;
+            };
             let codec = LengthDelimitedCodec::builder()
                 .length_field_length(2)
                 .max_frame_length(ticklab_wire::frame::MAX_FRAME)

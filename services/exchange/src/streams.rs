@@ -2,7 +2,8 @@
 //! channel; one task per subscriber forwards it (TCP: length-prefixed; WebSocket: one
 //! binary message per packet). A subscriber that falls behind the channel misses
 //! packets — counted here, and recovered by the trader through retransmission — so
-//! one slow reader never slows the feed.
+//! one slow reader never slows the feed. With TLS, a subscriber counts (and can
+//! start the feed) only once its handshake has completed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ExchangeStats;
 use crate::metrics::ExchangeMetrics;
+use crate::tls::{TlsAcceptor, secure};
 
 #[derive(Clone)]
 pub struct Subscribers {
@@ -55,8 +57,8 @@ impl Subscribers {
     }
 }
 
-/// Accepts TCP subscribers until stopped.
-pub async fn serve_tcp(listener: TcpListener, subs: Subscribers) {
+/// Accepts TCP subscribers until stopped; through TLS when `tls` is set.
+pub async fn serve_tcp(listener: TcpListener, tls: Option<TlsAcceptor>, subs: Subscribers) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = subs.stop.cancelled() => return,
@@ -67,8 +69,14 @@ pub async fn serve_tcp(listener: TcpListener, subs: Subscribers) {
         };
         let _ = stream.set_nodelay(true);
         let subs = subs.clone();
-        let mut rx = subs.packets.subscribe();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let Some(stream) = secure(tls.as_ref(), stream, peer).await else {
+                return;
+            };
+            // Subscribed from here: the packets published during a handshake are not
+            // this subscriber's (the feed starts at the first subscriber anyway).
+            let mut rx = subs.packets.subscribe();
             subs.joined();
             tracing::info!(%peer, "TCP feed subscriber connected");
             let codec = LengthDelimitedCodec::builder()

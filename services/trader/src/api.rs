@@ -2,6 +2,16 @@
 //! `GET /trades?limit=50` (the most recent trades with their latency, from MongoDB
 //! when persistence is on, else from memory) and `GET /stats` (counts and latency
 //! percentiles). Errors are JSON with a 4xx status.
+//!
+//! `GET /keylog?since=N` (with `spec.tls.keyLog`): the trader's TLS key log, NSS
+//! key log format (SSLKEYLOGFILE), as `text/plain`, one line per secret, from line
+//! index N (default 0) on, at most [`KEYLOG_PAGE_LINES`] lines per answer. The
+//! header `X-Keylog-Next` is the index after the last line returned: the `since` of
+//! the next poll (a capture service polls this to decrypt the trader's traffic, and
+//! asks again at once while a full page came back). `X-Keylog-First` is the oldest
+//! index still held (the log keeps the newest lines, bounded). Without key logging:
+//! 404 with a JSON error. Anyone who can reach this port can decrypt the trader's
+//! TLS traffic with it: it is for a lab.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -17,6 +27,10 @@ use ticklab_crd::ExperimentResults;
 
 use crate::state::{RECENT_TRADES, TraderShared};
 use crate::store::{StoredTrade, TradeStore};
+use crate::tls::SessionKeyLog;
+
+/// Most key log lines one `GET /keylog` returns.
+pub const KEYLOG_PAGE_LINES: usize = 10_000;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -24,12 +38,15 @@ pub struct ApiState {
     /// Set once MongoDB answered (with persistence, `shared.store` holds the counts
     /// from the start).
     pub store: Arc<OnceLock<TradeStore>>,
+    /// The TLS key log, when the experiment asks for one.
+    pub key_log: Option<Arc<SessionKeyLog>>,
 }
 
 pub fn api_router(state: ApiState) -> Router {
     Router::new()
         .route("/trades", get(trades))
         .route("/stats", get(stats))
+        .route("/keylog", get(keylog))
         .with_state(state)
 }
 
@@ -126,4 +143,54 @@ async fn stats(State(state): State<ApiState>) -> Response {
         results,
     })
     .into_response()
+}
+
+#[tracing::instrument(skip_all)]
+async fn keylog(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(key_log) = &state.key_log else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "no TLS key log: the experiment does not set spec.tls.keyLog",
+        );
+    };
+    let since = match params.get("since").map(|v| v.parse::<u64>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "since must be a line index (an integer from 0), got {:?}",
+                    params.get("since").map(String::as_str).unwrap_or_default()
+                ),
+            );
+        }
+    };
+    let page = key_log.read_from(since, KEYLOG_PAGE_LINES);
+    let mut body = String::with_capacity(page.lines.iter().map(|l| l.len() + 1).sum());
+    for line in &page.lines {
+        body.push_str(line);
+        body.push('\n');
+    }
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-keylog-next"),
+                page.next.to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-keylog-first"),
+                page.first.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -1,7 +1,9 @@
 //! ticklab's trader: receives the exchange's feed (UDP, TCP or WebSocket), measures
 //! one-way latency per trade, detects and recovers gaps, turns some ticks into
 //! orders and measures tick-to-trade, stores trades in MongoDB off the feed path, and
-//! serves `/trades`, `/stats` and `/metrics`.
+//! serves `/trades`, `/stats` and `/metrics`. With `tls` configured, every TCP
+//! connection to the exchange (TCP or WebSocket feed, both order channels) is TLS
+//! through one rustls client, whose session keys it can log for `/keylog` ([`tls`]).
 //!
 //! [`start`] binds everything and returns a [`TraderHandle`]; the `trader` binary and
 //! `ticklab run` both use it.
@@ -17,6 +19,7 @@ pub mod orders;
 pub mod state;
 pub mod store;
 pub mod strategy;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,14 +54,15 @@ pub struct TraderConfig {
     pub transport: Transport,
     /// UDP feed: where to receive (the exchange sends here).
     pub feed_udp_listen: SocketAddr,
-    /// TCP feed: "host:port"; WebSocket feed: "ws://host:port/feed".
+    /// TCP feed: "host:port"; WebSocket feed: "ws://host:port/feed" ("wss://" with
+    /// TLS).
     #[serde(default)]
     pub feed_connect: String,
     /// The exchange's retransmission server, "host:port".
     pub retransmit_server: String,
     /// The exchange's binary order port, "host:port".
     pub order_tcp: String,
-    /// The exchange's HTTP order API base URL.
+    /// The exchange's HTTP order API base URL ("https://" with TLS).
     pub order_http: String,
     /// Admin and REST port (`/metrics`, `/healthz`, `/readyz`, `/trades`, `/stats`).
     pub api_listen: SocketAddr,
@@ -77,6 +81,9 @@ pub struct TraderConfig {
     /// Retransmission request timeout in milliseconds.
     #[serde(default = "default_recovery_timeout_ms")]
     pub recovery_timeout_ms: u64,
+    /// TLS on the TCP and WebSocket feed and both order channels; absent: plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::ClientTlsConfig>,
 }
 
 fn default_recovery_timeout_ms() -> u64 {
@@ -116,6 +123,10 @@ pub enum Error {
     Task(#[from] tokio::task::JoinError),
     #[error("stopped while waiting for MongoDB")]
     StoppedWhileWaiting,
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Config(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -132,6 +143,8 @@ pub struct TraderHandle {
     pub addrs: TraderAddrs,
     pub shared: Arc<TraderShared>,
     pub store: Option<TradeStore>,
+    /// The TLS key log (with `tls.keyLog`), as `GET /keylog` serves it.
+    pub key_log: Option<Arc<tls::SessionKeyLog>>,
     feed: FeedTask,
     others: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
@@ -154,6 +167,17 @@ pub async fn start(
 ) -> Result<TraderHandle> {
     let metrics = TraderMetrics::register(&registry)?;
     crate::metrics::register_slo(&registry, config.slo.as_ref())?;
+    // TLS files are read before anything binds: a missing one fails the start.
+    let (tls_client, key_log) = tls_client(&config, &metrics)?;
+    let order_target = OrderTarget {
+        transport: config.spec.order_transport,
+        tcp: config.order_tcp.clone(),
+        http: config.order_http.clone(),
+        tls: tls_client.clone(),
+    };
+    if config.spec.order_transport == ticklab_crd::OrderTransport::Http {
+        order_target.http_orders().map_err(Error::Config)?;
+    }
     let admin_state = AdminState::new(registry);
     let services_shutdown = CancellationToken::new();
 
@@ -183,6 +207,7 @@ pub async fn start(
         ticklab_admin::admin_router(admin_state.clone()).merge(api::api_router(api::ApiState {
             shared: shared.clone(),
             store: store_cell.clone(),
+            key_log: key_log.clone(),
         }));
     let admin = tokio::spawn(ticklab_admin::serve(
         api_listener,
@@ -219,11 +244,6 @@ pub async fn start(
     };
 
     let (intent_tx, intent_rx) = tokio::sync::mpsc::channel(4096);
-    let order_target = OrderTarget {
-        transport: config.spec.order_transport,
-        tcp: config.order_tcp.clone(),
-        http: config.order_http.clone(),
-    };
     let others = vec![tokio::spawn(run_order_client(
         order_target,
         intent_rx,
@@ -314,6 +334,7 @@ pub async fn start(
             processor.set_timestamp_source("user");
             let task = tokio::spawn(run_stream_feed(
                 source,
+                tls_client.clone(),
                 recovery,
                 processor,
                 shutdown.clone(),
@@ -322,7 +343,7 @@ pub async fn start(
         }
     };
     admin_state.set_ready(true);
-    tracing::info!(api = %api_addr, feed = ?feed_udp, transport = ?config.transport, "trader started");
+    tracing::info!(api = %api_addr, feed = ?feed_udp, transport = ?config.transport, tls = tls_client.is_some(), "trader started");
 
     Ok(TraderHandle {
         addrs: TraderAddrs {
@@ -331,12 +352,65 @@ pub async fn start(
         },
         shared,
         store,
+        key_log,
         feed,
         others,
         writer,
         admin,
         services_shutdown,
     })
+}
+
+/// The TLS client (and its key log) when the configuration asks for TLS, after
+/// checking that the addresses agree with it: `wss://` and `https://` with TLS,
+/// `ws://` and `http://` without, so a half-configured trader fails at start with
+/// the field to fix instead of failing every connection.
+#[allow(clippy::type_complexity)]
+fn tls_client(
+    config: &TraderConfig,
+    metrics: &TraderMetrics,
+) -> Result<(Option<Arc<tls::TlsClient>>, Option<Arc<tls::SessionKeyLog>>)> {
+    let secure = config.tls.is_some();
+    let scheme_of = |url: &str| {
+        url.split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase())
+    };
+    let check = |field: &str, url: &str, plain: &str, tls: &str| -> Result<()> {
+        let want = if secure { tls } else { plain };
+        match scheme_of(url) {
+            Some(scheme) if scheme == want => Ok(()),
+            _ => Err(Error::Config(format!(
+                "{field} {url:?} must start with {want}:// {}",
+                if secure {
+                    "(tls is configured)"
+                } else {
+                    "(no tls is configured)"
+                }
+            ))),
+        }
+    };
+    if config.transport == Transport::Websocket {
+        check("feedConnect", &config.feed_connect, "ws", "wss")?;
+    }
+    if config.spec.order_transport == ticklab_crd::OrderTransport::Http {
+        check("orderHttp", &config.order_http, "http", "https")?;
+    }
+    let Some(tls_config) = &config.tls else {
+        return Ok((None, None));
+    };
+    let key_log = match (tls_config.key_log, &tls_config.key_log_file) {
+        (true, file) => Some(Arc::new(tls::SessionKeyLog::open(
+            file.as_deref(),
+            tls::KEY_LOG_LINES,
+            metrics,
+        )?)),
+        (false, Some(path)) => {
+            return Err(tls::TlsError::KeyLogFileWithoutKeyLog { path: path.clone() }.into());
+        }
+        (false, None) => None,
+    };
+    let client = tls::TlsClient::new(tls_config, key_log.clone(), metrics)?;
+    Ok((Some(Arc::new(client)), key_log))
 }
 
 /// Connects the trade store, retrying for up to `mongodb_wait_seconds` (with a

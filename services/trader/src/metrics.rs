@@ -29,6 +29,10 @@ pub struct TraderMetrics {
     pub persist_queue: IntGauge,
     pub subscriptions: IntCounterVec,
     pub feed_receive_buffer: IntGauge,
+    pub tls_handshake_failures: IntCounter,
+    pub keylog_lines: IntCounter,
+    pub keylog_dropped: IntCounter,
+    pub keylog_write_errors: IntCounter,
 }
 
 impl TraderMetrics {
@@ -136,6 +140,22 @@ impl TraderMetrics {
             feed_receive_buffer: gauge(
                 "ticklab_trader_feed_receive_buffer_bytes",
                 "Receive buffer the kernel granted the UDP feed socket (it caps requests at net.core.rmem_max)",
+            )?,
+            tls_handshake_failures: counter(
+                "ticklab_trader_tls_handshake_failures_total",
+                "TLS handshakes with the exchange that failed (certificate not trusted, name mismatch, version refused)",
+            )?,
+            keylog_lines: counter(
+                "ticklab_trader_keylog_lines_total",
+                "TLS key log lines written (NSS key log format; with spec.tls.keyLog)",
+            )?,
+            keylog_dropped: counter(
+                "ticklab_trader_keylog_dropped_total",
+                "Key log lines dropped from memory (GET /keylog) because the in-memory log was full",
+            )?,
+            keylog_write_errors: counter(
+                "ticklab_trader_keylog_write_errors_total",
+                "Key log lines that could not be written to the key log file",
             )?,
         })
     }

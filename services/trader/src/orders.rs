@@ -1,8 +1,11 @@
 //! The order client: takes the strategy's intents off a queue, sends them to the
 //! exchange (binary TCP or HTTP JSON), and books what comes back — tick-to-trade at
 //! send time, round trip at acknowledgement, positions and cash at each fill.
+//! With TLS both channels go through the trader's rustls client ([`crate::tls`]):
+//! the binary channel directly, HTTPS through reqwest given that same configuration.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +17,13 @@ use ticklab_wire::{Ack, AckStatus, Fill, Message, Order, Side, Symbol, now_unix_
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::latency::LatencyHistogram;
 use crate::metrics::TraderMetrics;
 use crate::strategy::OrderIntent;
+use crate::tls::{TlsClient, is_handshake_error};
 
 /// Orders sent and what became of them, shared with `/stats`.
 #[derive(Default)]
@@ -84,8 +89,73 @@ pub struct OrderTarget {
     pub transport: OrderTransport,
     /// "host:port" of the binary order port.
     pub tcp: String,
-    /// Base URL of the HTTP order API, e.g. "http://127.0.0.1:8080".
+    /// Base URL of the HTTP order API, e.g. "http://127.0.0.1:8080", or
+    /// "https://…" with TLS.
     pub http: String,
+    /// TLS on both channels: the same client (and key log) as the feed's.
+    pub tls: Option<Arc<TlsClient>>,
+}
+
+/// The HTTP order client and the URL it posts to.
+pub struct HttpOrders {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl OrderTarget {
+    /// The HTTP client for `POST /orders`: over TLS with the trader's own rustls
+    /// configuration, so reqwest trusts only the experiment's CA and logs its keys
+    /// with every other connection's. With a `serverName` other than the URL's host,
+    /// the URL names the certificate's name and every lookup resolves to the
+    /// configured host, so the name verified and the address reached both hold.
+    pub fn http_orders(&self) -> Result<HttpOrders, String> {
+        let base = self.http.trim_end_matches('/');
+        let mut url =
+            reqwest::Url::parse(base).map_err(|e| format!("order API URL {base:?}: {e}"))?;
+        let mut builder = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            builder = builder.use_preconfigured_tls((*tls.client_config()).clone());
+            let host = url.host_str().unwrap_or_default().to_string();
+            let named = tls
+                .server_name()
+                .filter(|name| *name != host && name.parse::<std::net::IpAddr>().is_err());
+            if let Some(name) = named {
+                let port = url.port_or_known_default().unwrap_or(443);
+                url.set_host(Some(&name))
+                    .map_err(|e| format!("tls.serverName {name:?}: {e}"))?;
+                let _ = url.set_port(Some(port));
+                builder = builder.dns_resolver(Arc::new(ConfiguredAddress {
+                    host_port: format!("{host}:{port}"),
+                }));
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP order client: {e}"))?;
+        Ok(HttpOrders {
+            client,
+            url: format!("{}/orders", url.as_str().trim_end_matches('/')),
+        })
+    }
+}
+
+/// Resolves every name to the configured address of the exchange's order API (see
+/// [`OrderTarget::http_orders`]); looked up at each connection, so a Service that
+/// appears after the trader started is found.
+struct ConfiguredAddress {
+    host_port: String,
+}
+
+impl reqwest::dns::Resolve for ConfiguredAddress {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let target = self.host_port.clone();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target).await?.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// Runs until `shutdown` or until the intent queue closes.
@@ -103,8 +173,16 @@ pub async fn run_order_client(
         pending: HashMap::new(),
     };
     match target.transport {
-        OrderTransport::Tcp => client.run_tcp(&target.tcp, &mut intents, &shutdown).await,
-        OrderTransport::Http => client.run_http(&target.http, &mut intents, &shutdown).await,
+        OrderTransport::Tcp => {
+            client
+                .run_tcp(&target.tcp, target.tls.as_deref(), &mut intents, &shutdown)
+                .await
+        }
+        OrderTransport::Http => match target.http_orders() {
+            Ok(http) => client.run_http(&http, &mut intents, &shutdown).await,
+            // `start` built it once already: this cannot fail with the same input.
+            Err(error) => tracing::error!(%error, "no HTTP order client; no orders will be sent"),
+        },
     }
 }
 
@@ -184,6 +262,7 @@ impl OrderClient {
     async fn run_tcp(
         &mut self,
         addr: &str,
+        tls: Option<&TlsClient>,
         intents: &mut mpsc::Receiver<OrderIntent>,
         shutdown: &CancellationToken,
     ) {
@@ -193,15 +272,30 @@ impl OrderClient {
                 .max_frame_length(ticklab_wire::frame::MAX_FRAME)
                 .new_codec()
         };
+        let connect = async || match tls {
+            None => {
+                let stream = TcpStream::connect(addr).await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Either::Left(stream))
+            }
+            Some(tls) => tls.connect(addr).await.map(Either::Right),
+        };
+        // A refused certificate will not fix itself: said once at warn.
+        let mut tls_warned = false;
         'connect: loop {
-            let stream = tokio::select! {
+            let stream: std::io::Result<Either<_, _>> = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                s = TcpStream::connect(addr) => s,
+                s = connect() => s,
             };
             let stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::debug!(%addr, error = %e, "order port unreachable; retrying");
+                    if is_handshake_error(&e) && !tls_warned {
+                        tls_warned = true;
+                        tracing::warn!(%addr, error = %e, "TLS handshake with the order port failed; retrying");
+                    } else {
+                        tracing::debug!(%addr, error = %e, "order port unreachable; retrying");
+                    }
                     // A tick's order is worth sending only now: while there is no
                     // connection, intents are counted as skipped, not queued to go
                     // out stale (which would also distort tick-to-trade).
@@ -219,7 +313,6 @@ impl OrderClient {
                     }
                 }
             };
-            let _ = stream.set_nodelay(true);
             let mut framed = Framed::new(stream, codec());
             let mut buf = Vec::with_capacity(Order::LEN);
             loop {
@@ -267,16 +360,11 @@ impl OrderClient {
 
     async fn run_http(
         &mut self,
-        base: &str,
+        http: &HttpOrders,
         intents: &mut mpsc::Receiver<OrderIntent>,
         shutdown: &CancellationToken,
     ) {
-        let url = format!("{}/orders", base.trim_end_matches('/'));
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+        let HttpOrders { client: http, url } = http;
         loop {
             let intent = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -285,7 +373,7 @@ impl OrderClient {
             let order = self.order_from(&intent);
             // Sequential on purpose: one keep-alive connection, as a simple HTTP
             // trading client; queueing behind a slow answer shows in tick-to-trade.
-            let request = http.post(&url).json(&order);
+            let request = http.post(url).json(&order);
             self.book_sent(&order, &intent);
             let reply = async {
                 let response = request.send().await?.error_for_status()?;

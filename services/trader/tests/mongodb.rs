@@ -55,6 +55,7 @@ fn trader_config(
         // keep the exchange's retransmission thread off a core for longer than a few
         // tens of milliseconds, which is no loss.
         recovery_timeout_ms: 500,
+        tls: None,
     }
 }
 

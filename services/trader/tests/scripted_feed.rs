@@ -106,6 +106,7 @@ fn config(retransmit: SocketAddr) -> TraderConfig {
         // answer counting as duplicates) and give up after five (counting as lost),
         // and every count here is exact.
         recovery_timeout_ms: 5_000,
+        tls: None,
     }
 }
 

@@ -38,6 +38,7 @@ fn trader_config(feed: SocketAddr, api: SocketAddr, exchange: &ExchangeAddrs) ->
         // A loaded machine can keep the exchange's retransmission thread off a core
         // for tens of milliseconds; that is no loss.
         recovery_timeout_ms: 500,
+        tls: None,
     }
 }
 
