@@ -6,12 +6,14 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod local_mirror;
 mod local_run;
 mod ports;
 mod progress;
 mod recording;
 mod report;
 mod serve;
+mod wire;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +40,16 @@ enum Command {
     Trader(serve::ServeArgs),
     /// Run the recorder service from a rendered configuration (as in a pod).
     Recorder(serve::ServeArgs),
+    /// Run the capture service (VXLAN in, wire latency out) from a rendered
+    /// configuration (as in a pod).
+    Capture(serve::ServeArgs),
+    /// Run the mirror (AF_PACKET capture forwarded in VXLAN; needs NET_RAW) from a
+    /// rendered configuration (as in a pod).
+    Mirror(serve::ServeArgs),
+    /// Print the wire latency report of a capture file: feed latency and
+    /// tick-to-trade from the wire, decode errors by kind (TLS decrypted with a key
+    /// log).
+    Decode(wire::DecodeArgs),
     /// Replay a recorded feed (pcap, pcapng or JSON lines) into a local trader and
     /// report its latency beside the recording's own.
     Replay(ReplayArgs),
@@ -134,6 +146,22 @@ pub struct RunArgs {
     /// Port of the first recorder's HTTP endpoint (files, toggle, metrics; 0: any).
     #[arg(long, default_value_t = 0)]
     pub recorder_port: u16,
+    /// Also append the trader's TLS key log (with spec.tls.keyLog) to FILE, NSS key
+    /// log format.
+    #[arg(long, value_name = "FILE", env = "SSLKEYLOGFILE")]
+    pub keylog: Option<PathBuf>,
+    /// With a MirrorSession: port of the capture's HTTP endpoint (report, metrics;
+    /// 0: any).
+    #[arg(long, default_value_t = 0)]
+    pub capture_port: u16,
+    /// With a MirrorSession: port of the mirror's metrics (0: any).
+    #[arg(long, default_value_t = 0)]
+    pub mirror_port: u16,
+    /// With a MirrorSession: write what the mirror captured as pcapng files here
+    /// (nanosecond timestamps, the TLS key log embedded, so Wireshark opens them
+    /// decrypted).
+    #[arg(long, value_name = "DIR")]
+    pub capture_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -218,6 +246,18 @@ fn main() -> ExitCode {
         Command::Exchange(args) => block_on(serve::exchange(args)),
         Command::Trader(args) => block_on(serve::trader(args)),
         Command::Recorder(args) => block_on(serve::recorder(args)),
+        Command::Capture(args) => block_on(serve::capture(args)),
+        Command::Mirror(args) => block_on(serve::mirror(args)),
+        Command::Decode(args) => match wire::decode(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ticklab: {e:#}");
+                ExitCode::from(exit::BAD_INPUT)
+            }
+        },
         Command::Recordings(RecordingsCommand::Ls { dir }) => match recording::list(&dir) {
             Ok(table) => {
                 print!("{table}");
@@ -239,6 +279,7 @@ fn main() -> ExitCode {
             match runtime().map(|rt| {
                 rt.block_on(local_run::run(
                     experiment,
+                    Vec::new(),
                     Vec::new(),
                     run_args,
                     Some(replay),
@@ -262,7 +303,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            let (experiment, sessions) = match local_run::load_run_file(&args.file) {
+            let (experiment, sessions, mirrors) = match local_run::load_run_file(&args.file) {
                 Ok(e) => e,
                 Err(e) => {
                     eprintln!("ticklab: {e}");
@@ -277,7 +318,8 @@ fn main() -> ExitCode {
                     "warn",
                 );
             }
-            match runtime().map(|rt| rt.block_on(local_run::run(experiment, sessions, args, None)))
+            match runtime()
+                .map(|rt| rt.block_on(local_run::run(experiment, sessions, mirrors, args, None)))
             {
                 Ok(Ok(code)) => ExitCode::from(code),
                 Ok(Err(e)) => {

@@ -124,6 +124,10 @@ pub fn table(r: &RunReport) -> String {
             }
         ));
     }
+    if let Some(wire) = &r.wire {
+        out.push('\n');
+        out.push_str(&crate::wire::section(wire));
+    }
     out
 }
 

@@ -70,9 +70,10 @@ fn experiment_file(dir: &Path) -> PathBuf {
         .replace("duration: 8s", "duration: 120s")
         .replace("p99Micros: 2000", "p99Micros: 0.001");
     assert!(text.contains("dropPercent: 5") && text.contains("p99Micros: 0.001"));
-    // A recorder too, so the recording panels and alerts have data.
+    // A recorder too, so the recording panels and alerts have data, and a mirror
+    // session for the capture's.
     let text = format!(
-        "{text}\n---\napiVersion: ticklab.dev/v1alpha1\nkind: RecordingSession\nmetadata:\n  name: {EXPERIMENT}\nspec:\n  experiment: {EXPERIMENT}\n"
+        "{text}\n---\napiVersion: ticklab.dev/v1alpha1\nkind: RecordingSession\nmetadata:\n  name: {EXPERIMENT}\nspec:\n  experiment: {EXPERIMENT}\n\n---\napiVersion: ticklab.dev/v1alpha1\nkind: MirrorSession\nmetadata:\n  name: {EXPERIMENT}\nspec:\n  experiment: {EXPERIMENT}\n"
     );
     let path = dir.join("observability.yaml");
     std::fs::write(&path, text).unwrap();
@@ -87,6 +88,8 @@ fn start_local_run(file: &Path, ports: &Ports) -> Process {
         .args(["--trader-port", &ports.trader.to_string()])
         .args(["--exchange-port", &ports.exchange.to_string()])
         .args(["--recorder-port", &ports.recorder.to_string()])
+        .args(["--capture-port", &ports.capture.to_string()])
+        .args(["--mirror-port", &ports.mirror.to_string()])
         .arg("--recordings-dir")
         .arg(&recordings)
         .args(["--output", "json"])
@@ -103,6 +106,8 @@ struct Ports {
     trader: u16,
     exchange: u16,
     recorder: u16,
+    capture: u16,
+    mirror: u16,
     replay_trader: u16,
     replay_exchange: u16,
     operator: u16,
@@ -272,9 +277,11 @@ fn start_prometheus(dir: &Path, port: u16, ports: &Ports) -> Process {
         trader,
         exchange,
         recorder,
+        capture,
         replay_trader,
         replay_exchange,
         operator,
+        ..
     } = ports;
     let config = format!(
         r#"global: {{scrape_interval: 1s, evaluation_interval: 1s}}
@@ -288,6 +295,8 @@ scrape_configs:
         labels: {{namespace: local, pod: {EXPERIMENT}-exchange, container: exchange, endpoint: admin}}
       - targets: ["127.0.0.1:{recorder}"]
         labels: {{namespace: local, pod: {EXPERIMENT}-recorder, container: recorder, endpoint: admin}}
+      - targets: ["127.0.0.1:{capture}"]
+        labels: {{namespace: local, pod: {EXPERIMENT}-capture, container: capture, endpoint: admin}}
       - targets: ["127.0.0.1:{replay_trader}"]
         labels: {{namespace: local, pod: {EXPERIMENT}-replay-trader, container: trader, endpoint: api}}
       - targets: ["127.0.0.1:{replay_exchange}"]
@@ -647,6 +656,8 @@ async fn every_dashboard_query_and_alert_expression_returns_data_from_a_real_pro
         trader: free_port(),
         exchange: free_port(),
         recorder: free_port(),
+        capture: free_port(),
+        mirror: free_port(),
         replay_trader: free_port(),
         replay_exchange: free_port(),
         operator: free_port(),

@@ -17,6 +17,8 @@ use ticklab_operator::children::{ChildSettings, IsolationSettings};
 use ticklab_operator::controller::{self, Context};
 use ticklab_operator::leader::{Election, LeaseSettings};
 use ticklab_operator::metrics::OperatorMetrics;
+use ticklab_operator::mirror::capture_api::{CaptureApi, DEFAULT_CAPTURE_URL};
+use ticklab_operator::mirror::controller as mirror_controller;
 use ticklab_operator::recording::build::RecordingSettings;
 use ticklab_operator::recording::controller as recording_controller;
 use ticklab_operator::recording::recorder_api::{DEFAULT_RECORDER_URL, RecorderApi};
@@ -55,6 +57,10 @@ struct Args {
     /// RecordingSession) and {namespace} are filled in.
     #[arg(long, env = "TICKLAB_RECORDER_URL", default_value = DEFAULT_RECORDER_URL)]
     recorder_url: String,
+    /// Where a capture's /report is; {name} (the MirrorSession) and {namespace} are
+    /// filled in.
+    #[arg(long, env = "TICKLAB_CAPTURE_URL", default_value = DEFAULT_CAPTURE_URL)]
+    capture_url: String,
     /// StorageClass of the recorders' volumes (default: the cluster's default class).
     #[arg(long, env = "TICKLAB_RECORDING_STORAGE_CLASS")]
     recording_storage_class: Option<String>,
@@ -201,6 +207,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot build the HTTP client")?;
     let recorder_api = RecorderApi::new(&args.recorder_url, Duration::from_secs(2))
         .context("cannot build the HTTP client")?;
+    let capture_api = CaptureApi::new(&args.capture_url, Duration::from_secs(2))
+        .context("cannot build the HTTP client")?;
     let recording = RecordingSettings {
         storage_class_name: args
             .recording_storage_class
@@ -229,10 +237,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             recording.clone(),
             recorder_api.clone(),
             args.namespace.clone(),
+            stop.clone(),
+        );
+        let mirrors = mirror_controller::run(
+            ctx.clone(),
+            capture_api.clone(),
+            args.namespace.clone(),
             stop,
         );
         async move {
-            tokio::join!(experiments, recordings);
+            tokio::join!(experiments, recordings, mirrors);
         }
     };
 

@@ -172,7 +172,10 @@ async fn invalid_resources_are_rejected_by_the_api_server_naming_the_field() {
             json!({"name": "rec", "spec": {"experiment": "ok", "rotation": {"maxMegabytes": 0}}}),
             "spec.rotation.maxMegabytes",
         ));
-        cases.push((&mirror, json!({"name": "m", "spec": {"experiment": "ok", "vni": 0}}), "spec.vni"));
+        cases.push((&mirror, json!({"name": "m", "spec": {"experiment": "ok", "vni": 16_777_216}}), "spec.vni"));
+        cases.push((&mirror, json!({"name": "m", "spec": {"experiment": "ok", "packetLength": 8501}}), "spec.packetLength"));
+        let eleven: Vec<_> = (0..11).map(|_| json!({"direction": "egress"})).collect();
+        cases.push((&mirror, json!({"name": "m", "spec": {"experiment": "ok", "filter": eleven}}), "at most 10 rules per direction"));
         cases.push((&mirror, json!({"name": "m", "spec": {"experiment": "ok", "mode": "tap"}}), "spec.mode"));
 
         let mut failures = Vec::new();
@@ -836,6 +839,7 @@ mod support_pair {
                     mongodb_wait_seconds: 0,
                     slo: spec.slo.clone(),
                     recovery_timeout_ms: 50,
+                    tls: None,
                 },
                 prometheus::Registry::new(),
                 stop.clone(),

@@ -468,7 +468,7 @@ fn forget_deleted(ctx: &Context) {
     lock(&ctx.changed).retain(|uid| live.contains(uid));
 }
 
-fn workload_of(deployment: Option<&Deployment>) -> Workload {
+pub(crate) fn workload_of(deployment: Option<&Deployment>) -> Workload {
     let Some(deployment) = deployment else {
         return Workload::Missing;
     };

@@ -109,7 +109,7 @@ impl RecorderApi {
 
 /// An error with its causes ("error sending request: client error (Connect):
 /// Connection refused"): reqwest's own message alone does not say what failed.
-fn causes(error: &dyn std::error::Error) -> String {
+pub(crate) fn causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

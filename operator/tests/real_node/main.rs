@@ -11,6 +11,7 @@
 mod support;
 
 mod harness;
+mod mirror;
 mod recording;
 
 use std::time::Duration;
