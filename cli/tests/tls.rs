@@ -90,14 +90,17 @@ fn assert_trades_and_orders(report: &Value) {
 
 /// tcpdump writing loopback TCP to a file, stopped (SIGINT, so the file is complete)
 /// by [`Capture::stop`] or killed when dropped.
-struct Capture(Option<Child>);
+struct Capture(Option<Child>, std::sync::mpsc::Receiver<String>);
 
 impl Capture {
     fn start(file: &Path) -> Self {
         let mut child = Command::new("tcpdump")
-            // Packet-buffered (-U) so the file grows as packets come; whole packets;
-            // no privilege drop (-Z root), so it may write into a private temp dir.
-            .args(["-i", "lo", "-U", "-s", "0", "-Z", "root", "-w"])
+            // Packet-buffered (-U) so the file grows as packets come; immediate mode
+            // (libpcap otherwise hands packets over in blocks, and those of a block
+            // not yet full when tcpdump stops are never written); a 64 MiB buffer, so
+            // a busy machine does not make the kernel drop any; whole packets; no
+            // privilege drop (-Z root), so it may write into a private temp dir.
+            .args(["-i", "lo", "--immediate-mode", "-B", "65536", "-U", "-s", "0", "-Z", "root", "-w"])
             .arg(file)
             .arg("tcp")
             .stdout(Stdio::null())
@@ -130,7 +133,7 @@ impl Capture {
                 }
             }
         }
-        Self(Some(child))
+        Self(Some(child), rx)
     }
 
     fn stop(mut self) {
@@ -142,6 +145,26 @@ impl Capture {
         assert!(status.success());
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "tcpdump: {:?}", out.status);
+        // Its last words count what the kernel dropped: any, and no count can match.
+        // (The reader thread ends at its stderr's end, shortly after the exit.)
+        let mut said = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.1.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => said.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        let dropped = said
+            .iter()
+            .find_map(|l| l.strip_suffix(" packets dropped by kernel"));
+        assert_eq!(
+            dropped,
+            Some("0"),
+            "tcpdump lost packets:\n{}",
+            said.join("\n")
+        );
     }
 }
 
@@ -175,8 +198,12 @@ fn tshark(
     for port in tls_ports {
         command.args(["-d", &format!("tcp.port=={port},tls")]);
     }
+    // Only the run's own connections: other tests talk over loopback at the same
+    // time (HTTP among them), and tcpdump sees all of it.
+    let ports: Vec<String> = tls_ports.iter().map(u16::to_string).collect();
+    let filter = format!("({filter}) && tcp.port in {{{}}}", ports.join(", "));
     let out = command
-        .args(["-Y", filter, "-T", "fields", "-e", field])
+        .args(["-Y", &filter, "-T", "fields", "-e", field])
         .output()
         .expect("tshark is not installed: scripts/tools/apt-packages.sh installs it (apt-get install -y tshark)");
     // A capture still being written may end inside a packet: tshark says so and
