@@ -165,14 +165,16 @@ pub struct MirrorSessionStatus {
     /// Decode errors by kind.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub decode_errors_by_kind: BTreeMap<String, u64>,
-    /// Trades seen on the wire (live, and recovered by retransmission).
+    /// Trades seen on the wire on the live feed.
     #[serde(default)]
     pub trades: u64,
+    /// Trades first seen in a retransmission reply (recovered by the trader).
     #[serde(default)]
     pub trades_recovered: u64,
-    /// Orders seen leaving, and how many were matched to their tick.
+    /// Orders seen leaving the trader.
     #[serde(default)]
     pub orders: u64,
+    /// Orders matched to the tick they name (tick-to-trade measured).
     #[serde(default)]
     pub orders_matched: u64,
     /// TLS application records decrypted with the trader's key log.
@@ -202,11 +204,17 @@ pub struct MirrorSessionStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DifferenceSummary {
+    /// Messages compared.
     pub count: u64,
+    /// Smallest difference, µs (negative: the first clock was later).
     pub min_micros: f64,
+    /// Median, µs.
     pub p50_micros: f64,
+    /// 99th percentile, µs.
     pub p99_micros: f64,
+    /// Largest difference, µs.
     pub max_micros: f64,
+    /// Mean, µs.
     pub mean_micros: f64,
 }
 
