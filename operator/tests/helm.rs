@@ -659,10 +659,17 @@ async fn namespaced_install_reads_nothing_outside_its_namespace() {
             .list(&ListParams::default())
             .await;
         assert!(secrets.is_err_and(forbidden), "listing Secrets");
-        let pods = Api::<Pod>::namespaced(sa.clone(), &ns)
-            .list(&ListParams::default())
+        // Pods: listed (a MirrorSession's targets) and given a mirror through
+        // their ephemeralcontainers subresource, nothing else: no deleting, no exec.
+        let pods = Api::<Pod>::namespaced(sa.clone(), &ns);
+        assert!(
+            pods.list(&ListParams::default()).await.is_ok(),
+            "listing Pods"
+        );
+        let delete = pods
+            .delete("any", &kube::api::DeleteParams::default())
             .await;
-        assert!(pods.is_err_and(forbidden), "listing Pods");
+        assert!(delete.is_err_and(forbidden), "deleting a Pod");
 
         // The operator with those rights reconciles the quickstart, MongoDB included
         // (managed by default), every pod admitted under the restricted standard.
