@@ -177,6 +177,49 @@ fn wss_and_https_are_decrypted_on_the_wire_and_tshark_agrees() {
             "orders tshark found: {context}"
         );
     }
+
+    // A mirror that joins when the connections are long open (as in a cluster, where the
+    // mirror is added to a running trader): the same file from its middle on. Neither
+    // connection's handshake is in it, so the keys and record numbers are found by trial.
+    let frames = n(&["wire", "frames"]);
+    let cut = dir.path().join("joined.pcapng");
+    let edit = Command::new("editcap")
+        .args(["-r"])
+        .arg(&files[0])
+        .arg(&cut)
+        .arg(format!("{}-{frames}", frames / 2))
+        .output()
+        .unwrap();
+    assert!(edit.status.success(), "editcap: {edit:?}");
+    let mut decode = Command::new(env!("CARGO_BIN_EXE_ticklab"));
+    decode.arg("decode").arg(&cut).arg("--json");
+    for port in &ports {
+        decode.args(["--server-port", port]);
+    }
+    let out = decode.output().unwrap();
+    assert!(out.status.success(), "decode: {out:?}");
+    let joined: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = |path: &[&str]| {
+        path.iter()
+            .fold(&joined, |v, k| &v[*k])
+            .as_u64()
+            .unwrap_or_else(|| panic!("{path:?} in {joined:#}"))
+    };
+    let context = format!("{joined:#}");
+    assert_eq!(j(&["connectionsJoined"]), 2, "{context}");
+    assert_eq!(j(&["tls", "connections"]), 2, "{context}");
+    // Both directions of the order connection and the feed's server side.
+    assert!(j(&["tls", "joined"]) >= 2, "{context}");
+    let trades = j(&["messages", "trades"]);
+    assert!(
+        trades > 0 && trades < n(&["wire", "messages", "trades"]),
+        "{context}"
+    );
+    assert!(j(&["messages", "orders"]) > 0, "{context}");
+    assert!(j(&["messages", "acks"]) > 0, "{context}");
+    // Nothing fails to decrypt or to frame once joined (only the cut itself is skipped).
+    let errors = joined["decodeErrors"].as_object().unwrap();
+    assert!(errors.keys().all(|k| k == "tcp_gap"), "{context}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! A captured TLS connection's two byte streams cut and interleaved anyhow, with gaps and
 //! key log lines arriving late: the decryptor must report errors, never panic, and never
-//! hold more than its limit.
+//! hold more than its limit, whether it saw the handshake or joined mid-stream.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -33,9 +33,18 @@ fuzz_target!(|data: &[u8]| {
     } else {
         &empty
     };
-    let mut conn = TlsConnection::new(Limits {
+    let limits = Limits {
         max_held_bytes: LIMIT,
-    });
+        // Joins try every candidate up to these: small, so an input stays fast.
+        join_max_seq: 1 << 12,
+        join_max_seq_chacha: 1 << 8,
+    };
+    // ... and whether the capture joined the connection mid-stream.
+    let mut conn = if data.first().is_some_and(|b| b & 0x20 != 0) {
+        TlsConnection::mid_stream(limits)
+    } else {
+        TlsConnection::new(limits)
+    };
     let mut events = Vec::new();
     let mut rest = data;
     let mut ts = 0u64;

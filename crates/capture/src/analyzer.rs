@@ -2,7 +2,9 @@
 //! connection TCP reassembly, TLS decryption when the connection is TLS, and the
 //! application protocol found in the first bytes (WebSocket, HTTP or ticklab's
 //! length-prefixed binary channel), down to feed and order messages for
-//! [`WireLatency`]. UDP datagrams are feed packets, retransmission replies or
+//! [`WireLatency`]. A connection that was open before the capture saw it (a mirror
+//! that joined later) or that lost bytes is picked up again at the next message
+//! boundary (see [`crate::resync`]), TLS 1.3 included. UDP datagrams are feed packets, retransmission replies or
 //! requests. Nothing here fails: every frame ends up decoded, counted as another
 //! protocol, or counted as an error by kind.
 
@@ -18,6 +20,7 @@ use ticklab_wire::{Ack, Fill, Message, Order, PacketKind, RetransmitRequest};
 use crate::http::{HttpDecoder, HttpEvent, HttpRole};
 use crate::link::{self, LinkType, Packet, TcpFlags, Transport};
 use crate::messages::{self, is_order_channel_size};
+use crate::resync::{self, Protocol, Sync};
 use crate::tcp::{Reassembler, StreamEvent};
 use crate::vxlan;
 use crate::websocket::{Role, WsDecoder, WsEvent};
@@ -78,6 +81,16 @@ pub struct WireReport {
     pub retransmit_requests: u64,
     /// TCP connections seen.
     pub connections: u64,
+    /// Of those, connections already open when the capture saw them (no SYN): decoded
+    /// from the first message boundary found.
+    #[serde(default)]
+    pub connections_joined: u64,
+    /// Times a byte stream's next message boundary was searched for and found (joining a
+    /// connection, or after lost bytes), and the bytes skipped to find it.
+    #[serde(default)]
+    pub resynchronisations: u64,
+    #[serde(default)]
+    pub bytes_skipped: u64,
     /// TLS: connections, records decrypted, and what could not be.
     pub tls: TlsCounts,
     /// "interface", "arrival" or "mixed": where the latency figures' times come from.
@@ -95,6 +108,10 @@ pub struct WireReport {
 #[serde(rename_all = "camelCase")]
 pub struct TlsCounts {
     pub connections: u64,
+    /// Directions of TLS 1.3 connections joined mid-stream whose key log secret and
+    /// record number were found by trial decryption.
+    #[serde(default)]
+    pub joined: u64,
     pub records_decrypted: u64,
     pub key_log_lines: u64,
 }
@@ -136,6 +153,8 @@ impl ConnectionKey {
 struct Connection {
     /// Client endpoint, once known.
     client: Option<SocketAddr>,
+    /// Open before the capture saw it: no handshake, decoding starts at a boundary.
+    mid_stream: bool,
     halves: [Half; 2],
     tls: Option<TlsConnection>,
     /// Not ticklab traffic: no more decoding, its frames counted as other.
@@ -152,14 +171,58 @@ struct Half {
 enum App {
     /// Bytes until the protocol shows (first few bytes, or a whole HTTP header).
     Detect(Vec<u8>),
+    /// Looking for the next message boundary: the connection was joined mid-stream, or
+    /// bytes were lost. On a joined connection not known to be TLS yet these are the raw
+    /// bytes, which may also turn out to be TLS records.
+    Resync(Box<Pending>),
     /// ticklab's length-prefixed channel: bytes short of a whole frame, and
     /// whether a frame decoded yet (until one has, a bad frame means the stream is
     /// some other protocol, not an error).
     Binary(Vec<u8>, bool),
     WebSocket(Box<WsDecoder>),
     Http(Box<HttpDecoder>),
-    /// Lost framing (a gap in a byte protocol without resynchronisation).
-    Dead,
+}
+
+/// Bytes held while resynchronising, with the capture time of each chunk, so a message
+/// found in them keeps the time its last byte was captured.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// (end offset in `bytes`, capture time) per chunk, in order.
+    chunks: Vec<(usize, u64)>,
+    /// Bytes let go so far without finding a boundary.
+    skipped: u64,
+}
+
+impl Pending {
+    fn push(&mut self, ts_ns: u64, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+        self.chunks.push((self.bytes.len(), ts_ns));
+    }
+
+    fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.bytes.len());
+        self.bytes.drain(..n);
+        self.skipped += n as u64;
+        self.chunks.retain_mut(|(end, _)| {
+            *end = end.saturating_sub(n);
+            *end > 0
+        });
+    }
+
+    /// The held bytes from `from` on, cut back into their chunks.
+    fn pieces(&self, from: usize) -> Vec<(u64, &[u8])> {
+        let mut start = 0;
+        let mut out = Vec::new();
+        for &(end, ts) in &self.chunks {
+            let begin = start.max(from);
+            if end > begin {
+                out.push((ts, &self.bytes[begin..end]));
+            }
+            start = end;
+        }
+        out
+    }
 }
 
 const CLIENT: usize = 0;
@@ -168,6 +231,11 @@ const SERVER: usize = 1;
 const DETECT_LIMIT: usize = 16 * 1024;
 /// Binary bytes waiting for the rest of a frame (frames are at most 64 KiB).
 const BINARY_LIMIT: usize = 70 * 1024;
+/// Bytes held while resynchronising; past this the oldest are let go.
+const RESYNC_HOLD: usize = 128 * 1024;
+/// Bytes of a joined connection searched without a boundary before it is taken for
+/// some other protocol (MongoDB, say).
+const RESYNC_GIVE_UP: u64 = 1 << 20;
 
 impl Analyzer {
     pub fn new(config: AnalyzerConfig) -> Self {
@@ -420,7 +488,11 @@ impl Analyzer {
             }
             self.evict_if_full();
             self.report.connections += 1;
-            self.connections.insert(key, Connection::new());
+            let mid_stream = !flags.syn;
+            if mid_stream {
+                self.report.connections_joined += 1;
+            }
+            self.connections.insert(key, Connection::new(mid_stream));
         }
         let server_ports = &self.config.server_ports;
         let Some(conn) = self.connections.get_mut(&key) else {
@@ -529,6 +601,8 @@ impl Analyzer {
             }
             StreamEvent::Gap { .. } => {
                 if let Some(tls) = &mut conn.tls {
+                    // TLS 1.3 finds its next record again (a Resynchronised event);
+                    // otherwise the direction stops with a gap error.
                     let mut out = Vec::new();
                     tls.gap(dir, &mut out);
                     self.tls_events(key, out);
@@ -552,6 +626,16 @@ impl Analyzer {
                     self.plaintext(key, side, ts_ns, &data);
                 }
                 TlsEvent::Error { error, .. } => self.error(error.kind()),
+                TlsEvent::Joined { .. } => self.report.tls.joined += 1,
+                TlsEvent::Resynchronised { dir, .. } => {
+                    // Records resume at a boundary, the plaintext mid-message: find its
+                    // next message too.
+                    let side = match dir {
+                        ticklab_tls_decrypt::Direction::ClientToServer => CLIENT,
+                        ticklab_tls_decrypt::Direction::ServerToClient => SERVER,
+                    };
+                    self.plaintext_gap(key, side);
+                }
                 _ => {}
             }
         }
@@ -571,6 +655,7 @@ impl Analyzer {
                     WsEvent::Error(e) => Some(e.kind()),
                     _ => None,
                 }));
+                *app = App::Resync(Box::default());
             }
             App::Http(http) => {
                 let mut out = Vec::new();
@@ -580,9 +665,12 @@ impl Analyzer {
                     _ => None,
                 }));
             }
-            // Length-prefixed frames cannot be found again after lost bytes.
-            App::Binary(..) | App::Detect(_) => *app = App::Dead,
-            App::Dead => {}
+            // The next frame is searched for; what was held before the loss is dropped.
+            App::Binary(..) | App::Detect(_) => *app = App::Resync(Box::default()),
+            App::Resync(pending) => {
+                let n = pending.bytes.len();
+                pending.drop_front(n);
+            }
         }
         for e in errors {
             self.error(e);
@@ -594,6 +682,10 @@ impl Analyzer {
         let Some(conn) = self.connections.get_mut(&key) else {
             return;
         };
+        if let App::Resync(pending) = &mut conn.halves[side].app {
+            pending.push(ts_ns, bytes);
+            return self.resync(key, side);
+        }
         if let App::Detect(buf) = &mut conn.halves[side].app {
             buf.extend_from_slice(bytes);
             let client_app = if side == SERVER {
@@ -615,6 +707,97 @@ impl Analyzer {
             return self.decode_app(key, side, ts_ns, &buf);
         }
         self.decode_app(key, side, ts_ns, bytes);
+    }
+
+    /// Searches a resynchronising side's held bytes for the next message boundary and
+    /// decodes from there; on a joined connection the bytes may instead be TLS records.
+    fn resync(&mut self, key: ConnectionKey, side: usize) {
+        let Some(conn) = self.connections.get_mut(&key) else {
+            return;
+        };
+        let App::Resync(pending) = &mut conn.halves[side].app else {
+            return;
+        };
+        let client = side == CLIENT;
+        match resync::find(client, &pending.bytes, 0) {
+            Sync::Found { offset, protocol } => {
+                let app = match protocol {
+                    Protocol::Http => App::Http(Box::new(HttpDecoder::new(
+                        if client {
+                            HttpRole::Requests
+                        } else {
+                            HttpRole::Responses
+                        },
+                        Default::default(),
+                    ))),
+                    Protocol::WebSocket => App::WebSocket(Box::new(WsDecoder::without_handshake(
+                        if client { Role::Client } else { Role::Server },
+                        Default::default(),
+                    ))),
+                    Protocol::Binary => App::Binary(Vec::new(), true),
+                };
+                let App::Resync(pending) = std::mem::replace(&mut conn.halves[side].app, app)
+                else {
+                    return;
+                };
+                self.report.resynchronisations += 1;
+                self.report.bytes_skipped += pending.skipped + offset as u64;
+                for (ts, piece) in pending.pieces(offset) {
+                    self.decode_app(key, side, ts, piece);
+                }
+            }
+            Sync::NotYet { keep_from } => {
+                if conn.mid_stream && conn.tls.is_none() {
+                    let tls_keep = match ticklab_tls_decrypt::find_record_boundary(&pending.bytes) {
+                        Ok(_) => return self.join_tls(key),
+                        Err(keep) => keep,
+                    };
+                    pending.drop_front(keep_from.min(tls_keep));
+                } else {
+                    pending.drop_front(keep_from);
+                }
+                if pending.bytes.len() > RESYNC_HOLD {
+                    let excess = pending.bytes.len() - RESYNC_HOLD / 2;
+                    pending.drop_front(excess);
+                }
+                let skipped = pending.skipped;
+                let neither_synced = conn.halves.iter().all(|h| matches!(h.app, App::Resync(_)));
+                if conn.mid_stream
+                    && conn.tls.is_none()
+                    && neither_synced
+                    && skipped > RESYNC_GIVE_UP
+                {
+                    // A joined connection that never shows a ticklab message.
+                    conn.other = true;
+                    conn.halves[side].app = App::Resync(Box::default());
+                }
+            }
+        }
+    }
+
+    /// A connection joined mid-stream turned out to carry TLS records: both sides' held
+    /// bytes go to a decryptor that finds its keys by trial, and the plaintext it gives
+    /// is resynchronised in turn.
+    fn join_tls(&mut self, key: ConnectionKey) {
+        let Some(conn) = self.connections.get_mut(&key) else {
+            return;
+        };
+        let mut tls = TlsConnection::mid_stream(Default::default());
+        self.report.tls.connections += 1;
+        let mut out = Vec::new();
+        for (side, dir) in [
+            (CLIENT, ticklab_tls_decrypt::Direction::ClientToServer),
+            (SERVER, ticklab_tls_decrypt::Direction::ServerToClient),
+        ] {
+            let held = std::mem::replace(&mut conn.halves[side].app, App::Resync(Box::default()));
+            if let App::Resync(pending) = held {
+                for (ts, piece) in pending.pieces(0) {
+                    tls.feed(dir, ts, piece, &self.keys, &mut out);
+                }
+            }
+        }
+        conn.tls = Some(tls);
+        self.tls_events(key, out);
     }
 
     fn decode_app(&mut self, key: ConnectionKey, side: usize, ts_ns: u64, bytes: &[u8]) {
@@ -703,7 +886,7 @@ impl Analyzer {
                     }
                 }
             }
-            App::Detect(_) | App::Dead => {}
+            App::Detect(_) | App::Resync(_) => {}
         }
         if not_ours {
             // The first frame of the stream is not ticklab's: some other protocol.
@@ -861,13 +1044,18 @@ fn into_tcp_flags(flags: TcpFlags) -> crate::tcp::TcpFlags {
 }
 
 impl Connection {
-    fn new() -> Self {
+    fn new(mid_stream: bool) -> Self {
         let half = || Half {
             stream: Reassembler::new(Default::default()),
-            app: App::Detect(Vec::new()),
+            app: if mid_stream {
+                App::Resync(Box::default())
+            } else {
+                App::Detect(Vec::new())
+            },
         };
         Self {
             client: None,
+            mid_stream,
             halves: [half(), half()],
             tls: None,
             other: false,

@@ -10,6 +10,7 @@ pub mod http;
 pub mod link;
 pub mod messages;
 pub mod pcapng;
+pub mod resync;
 pub mod tcp;
 pub mod vxlan;
 pub mod websocket;

@@ -280,3 +280,94 @@ fn vxlan_with_and_without_the_trailer() {
     );
     assert_eq!(r.other, 1);
 }
+
+/// The binary TCP feed as the exchange writes it: one length-prefixed packet per write.
+fn binary_feed(packets: u64) -> Vec<Vec<u8>> {
+    (0..packets)
+        .map(|p| {
+            let trades: Vec<Trade> = (0..3).map(|i| trade(p * 3 + i + 1, T0)).collect();
+            let mut out = Vec::new();
+            encode_frame(&mut out, &feed_packet(p * 3 + 1, &trades)).unwrap();
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn a_binary_feed_joined_mid_stream_is_decoded_from_its_next_frame_and_after_a_gap() {
+    let mut a = Analyzer::new(AnalyzerConfig::default());
+    let server = (EXCHANGE, 9000);
+    let client = (TRADER, 52000);
+    let frames = binary_feed(8);
+    // No SYN was captured: the first segment holds the tail of frame 0 and frame 1.
+    let mut first = frames[0][30..].to_vec();
+    first.extend_from_slice(&frames[1]);
+    let mut seq = 7_000u32;
+    let mut at = T0 + MS;
+    let send = |a: &mut Analyzer, seq: u32, bytes: &[u8], at: u64| {
+        a.frame(
+            at,
+            Timing::Interface,
+            LinkType::Ethernet,
+            &tcp(server, client, seq, false, bytes),
+        );
+    };
+    send(&mut a, seq, &first, at);
+    seq += first.len() as u32;
+    // Frames 2 and 3 in order; frame 4 is lost; 5..7 follow.
+    for (i, frame) in frames.iter().enumerate().skip(2) {
+        at += MS;
+        if i != 4 {
+            send(&mut a, seq, frame, at);
+        }
+        seq += frame.len() as u32;
+    }
+    a.flush();
+    let r = a.report();
+    assert_eq!(r.connections_joined, 1, "{r:#?}");
+    assert!(r.resynchronisations >= 2, "{r:#?}");
+    // Frames 1, 2, 3 and 5, 6, 7: three trades each; frame 0 (cut) and 4 (lost) are not.
+    assert_eq!(r.messages.trades, 18, "{r:#?}");
+    assert_eq!(r.other, 0);
+    let unexpected: Vec<_> = r
+        .decode_errors
+        .iter()
+        .filter(|(k, _)| k.as_str() != "tcp_gap")
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    // Each trade is timed by the segment that completed it, 1 ms apart from frame 1 on.
+    let feed = r.feed_latency.unwrap();
+    assert_eq!(feed.count, 18);
+    assert!((feed.min_micros - 1_000.0).abs() < 1.0, "{feed:?}");
+}
+
+#[test]
+fn a_joined_connection_of_another_protocol_is_let_go_as_other() {
+    let mut a = Analyzer::new(AnalyzerConfig::default());
+    let server = (EXCHANGE, 27017);
+    let client = (TRADER, 53000);
+    // MongoDB-like traffic: little-endian lengths, BSON, no ticklab frame anywhere.
+    let mut x = 7u64;
+    let mut seq = 1u32;
+    for i in 0..(2 << 20) / 1400 {
+        let bytes: Vec<u8> = (0..1400)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x as u8) | 0x80
+            })
+            .collect();
+        a.frame(
+            T0 + i as u64,
+            Timing::Interface,
+            LinkType::Ethernet,
+            &tcp(client, server, seq, false, &bytes),
+        );
+        seq = seq.wrapping_add(1400);
+    }
+    let r = a.report();
+    assert_eq!(r.messages.trades + r.messages.orders, 0);
+    assert!(r.other > 0, "{r:#?}");
+    assert_eq!(r.errors(), 0, "{:?}", r.decode_errors);
+}

@@ -15,6 +15,7 @@ use std::fmt;
 use crate::crypto::{RecordOpener, next_traffic_secret};
 use crate::error::TlsError;
 use crate::handshake::{self, CLIENT_HELLO, FINISHED, KEY_UPDATE, Message, SERVER_HELLO};
+use crate::join;
 use crate::keylog::{KeyLog, Label, encode_hex};
 use crate::suites::{self, Suite, TlsVersion};
 
@@ -26,6 +27,10 @@ const HEARTBEAT: u8 = 24;
 /// RFC 5246 §6.2.3: a TLSCiphertext fragment is at most 2^14 + 2048 bytes (TLS 1.3 allows
 /// less, 2^14 + 256, so this bound covers both).
 const MAX_FRAGMENT: usize = 16384 + 2048;
+/// Records that may be lost in one gap and still be found again by trial.
+const RESYNC_WINDOW: u64 = 1 << 20;
+/// Records after a gap that may fail that trial before the direction is given up.
+const MAX_RESYNC_FAILURES: u32 = 16;
 
 /// Which byte stream of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,13 +65,20 @@ pub struct Limits {
     /// the other direction's hello. Past this, the direction being fed drops what it holds
     /// and stops, with a [`TlsError::HeldOverflow`] event.
     pub max_held_bytes: usize,
+    /// Highest sequence number tried when joining a TLS 1.3 connection mid-stream with an
+    /// AES-GCM suite (one AES block per candidate and secret).
+    pub join_max_seq: u64,
+    /// The same for ChaCha20-Poly1305, whose candidates cost a whole tag check each.
+    pub join_max_seq_chacha: u64,
 }
 
 impl Default for Limits {
-    /// 4 MiB held per connection.
+    /// 4 MiB held per connection; joins search 16 Mi records (AES-GCM) or 1 Mi (ChaCha20).
     fn default() -> Self {
         Limits {
             max_held_bytes: 4 << 20,
+            join_max_seq: 1 << 24,
+            join_max_seq_chacha: 1 << 20,
         }
     }
 }
@@ -122,6 +134,28 @@ pub enum TlsEvent {
         /// Capture time of the chunk that completed the record.
         ts_ns: u64,
     },
+    /// The capture joined this TLS 1.3 connection after its handshake, and a key log secret
+    /// opened this direction's records by trial decryption.
+    Joined {
+        /// Which direction.
+        dir: Direction,
+        /// Capture time of the chunk that completed the record that opened.
+        ts_ns: u64,
+        /// The suite the secret opened the record under.
+        cipher_suite: u16,
+        /// That record's sequence number: records the direction sent before the capture saw it.
+        seq: u64,
+        /// KeyUpdates the direction had made before.
+        key_updates: u32,
+    },
+    /// Bytes of this direction were skipped to find a record boundary, joining mid-stream or
+    /// after lost bytes; records are framed again from there.
+    Resynchronised {
+        /// Which direction.
+        dir: Direction,
+        /// Bytes skipped.
+        skipped: usize,
+    },
     /// An alert (plaintext or decrypted). Description 0 is close_notify.
     Alert {
         /// Who sent it.
@@ -167,6 +201,12 @@ pub struct DirectionSummary {
     pub key_updates: u32,
     /// No longer decoded (gap, framing error, overflow, unsupported, closed).
     pub stopped: bool,
+    /// Joined mid-stream: the sequence number of the first record opened.
+    pub joined_at_seq: Option<u64>,
+    /// Times a record boundary was searched for (joining, or after lost bytes).
+    pub resynchronisations: u32,
+    /// Bytes skipped finding those boundaries.
+    pub bytes_skipped: u64,
 }
 
 /// State of a connection for reports.
@@ -188,6 +228,8 @@ pub struct ConnectionSummary {
     pub hello_retry: bool,
     /// A secret for this connection was found in the key log.
     pub keys_found: bool,
+    /// The capture saw this connection only after its start (no handshake).
+    pub mid_stream: bool,
     /// Client to server.
     pub client: DirectionSummary,
     /// Server to client.
@@ -228,6 +270,8 @@ enum Waiting {
     ClientHello,
     ServerHello,
     Key(Label),
+    /// Joining mid-stream: a secret of this label that opens the record.
+    Join(Label),
 }
 
 impl Waiting {
@@ -236,6 +280,7 @@ impl Waiting {
             Waiting::ClientHello => "the ClientHello".into(),
             Waiting::ServerHello => "the ServerHello".into(),
             Waiting::Key(label) => format!("the key log line {label}"),
+            Waiting::Join(label) => format!("a {label} that opens the connection mid-stream"),
         }
     }
 }
@@ -283,6 +328,18 @@ struct Side {
     decrypted: u64,
     failed: u64,
     key_updates: u32,
+    /// Looking for a record boundary: joined mid-stream, or bytes were lost.
+    syncing: bool,
+    resynchronisations: u32,
+    bytes_skipped: u64,
+    /// Key log size at the last mid-stream join attempt: no retry until it grows.
+    join_tried: Option<usize>,
+    joined_at_seq: Option<u64>,
+    /// After lost bytes under TLS 1.3 keys: the next record's sequence number is at least
+    /// this, and is found by trial.
+    resync_from: Option<u64>,
+    /// Records that failed that trial.
+    resync_failures: u32,
 }
 
 impl Side {
@@ -302,6 +359,39 @@ impl Side {
             decrypted: 0,
             failed: 0,
             key_updates: 0,
+            syncing: false,
+            resynchronisations: 0,
+            bytes_skipped: 0,
+            join_tried: None,
+            joined_at_seq: None,
+            resync_from: None,
+            resync_failures: 0,
+        }
+    }
+
+    /// Starts looking for a record boundary in the bytes to come.
+    fn resync(&mut self) {
+        self.syncing = true;
+        self.partial = Vec::new();
+        self.resynchronisations += 1;
+    }
+
+    /// While syncing: drops bytes up to the first plausible record boundary, or keeps
+    /// waiting for more. Returns the bytes skipped once the boundary is found.
+    fn sync(&mut self) -> Option<usize> {
+        match find_record_boundary(&self.partial) {
+            Ok(pos) => {
+                self.partial.drain(..pos);
+                self.bytes_skipped += pos as u64;
+                self.syncing = false;
+                Some(pos)
+            }
+            Err(keep_from) => {
+                // Bytes before `keep_from` cannot start a boundary.
+                self.partial.drain(..keep_from);
+                self.bytes_skipped += keep_from as u64;
+                None
+            }
         }
     }
 
@@ -309,6 +399,9 @@ impl Side {
     /// the direction's input closes (records framed before them stay queued).
     fn frame(&mut self, ts_ns: u64, bytes: &[u8]) -> Result<(), TlsError> {
         self.partial.extend_from_slice(bytes);
+        if self.syncing && self.sync().is_none() {
+            return Ok(());
+        }
         let mut pos = 0;
         let result = loop {
             let rest = &self.partial[pos..];
@@ -359,8 +452,42 @@ impl Side {
             bytes_held: self.queued_bytes,
             key_updates: self.key_updates,
             stopped: self.stopped || self.input_closed,
+            joined_at_seq: self.joined_at_seq,
+            resynchronisations: self.resynchronisations,
+            bytes_skipped: self.bytes_skipped,
         }
     }
+}
+
+/// The first offset of `buf` where a TLS 1.3 protected record (application_data, legacy
+/// version 0x0303, room for a tag) starts and is followed by another record header or ends
+/// exactly where the bytes end (a record per segment is the common case): a stream joined
+/// mid-way, or after lost bytes, is framed from there. The trial decryption that follows is
+/// the real check; this only has to find the boundary. `Err(keep_from)`: no boundary yet,
+/// and none can start before `keep_from` however many bytes follow.
+pub fn find_record_boundary(buf: &[u8]) -> Result<usize, usize> {
+    let mut pos = 0;
+    while pos + 5 <= buf.len() {
+        let h = &buf[pos..];
+        let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+        if h[0] == APPLICATION_DATA && h[1] == 3 && h[2] == 3 && (17..=MAX_FRAGMENT).contains(&len)
+        {
+            let end = pos + 5 + len;
+            match buf.get(end..end + 5) {
+                _ if end == buf.len() => return Ok(pos),
+                Some(next) if check_header(next, false).is_ok() && next[1] == 3 && next[2] == 3 => {
+                    return Ok(pos);
+                }
+                Some(_) => {}
+                // The candidate's end or the next header is not in yet: wait rather than
+                // skip past what may be the boundary.
+                None => return Err(pos),
+            }
+        }
+        pos += 1;
+    }
+    // A header may begin in the last four bytes.
+    Err(pos.min(buf.len()))
 }
 
 /// Checks a record header (at least 5 bytes): known content type, a 3.x version, a length
@@ -407,6 +534,8 @@ pub struct TlsConnection {
     /// Nothing on this connection can be decrypted (unsupported, or unparseable hellos).
     abandoned: bool,
     keys_found: bool,
+    /// The capture joined after the connection started: no hellos to come.
+    mid_stream: bool,
 }
 
 impl Default for TlsConnection {
@@ -441,7 +570,23 @@ impl TlsConnection {
             hello_retry: false,
             abandoned: false,
             keys_found: false,
+            mid_stream: false,
         }
+    }
+
+    /// A connection the capture joined after it started (the mirror came later than the
+    /// client's connect): each direction first looks for a record boundary, and a TLS 1.3
+    /// connection's keys and sequence numbers are found by trying the key log's application
+    /// traffic secrets (see [`Limits::join_max_seq`]). TLS 1.2 cannot be joined (its keys
+    /// need the ServerHello's random); its records are reported as waiting for it. Bytes that
+    /// do start with a ClientHello are decoded as from the beginning.
+    pub fn mid_stream(limits: Limits) -> Self {
+        let mut conn = Self::new(limits);
+        conn.mid_stream = true;
+        for side in &mut conn.sides {
+            side.syncing = true;
+        }
+        conn
     }
 
     /// Feeds bytes of one direction in stream order (`ts_ns`: capture time of the segment
@@ -459,7 +604,14 @@ impl TlsConnection {
         if self.abandoned || side.input_closed || bytes.is_empty() {
             return;
         }
+        let syncing = side.syncing;
         let framing = side.frame(ts_ns, bytes);
+        if syncing && !side.syncing {
+            out.push(TlsEvent::Resynchronised {
+                dir,
+                skipped: usize::try_from(side.bytes_skipped).unwrap_or(usize::MAX),
+            });
+        }
         self.pump(keys, out);
         if let Err(error) = framing {
             let unsupported = matches!(error, TlsError::Unsupported(_));
@@ -476,8 +628,23 @@ impl TlsConnection {
     /// on. Records completed before the gap are still decoded, including ones that wait for
     /// keys.
     pub fn gap(&mut self, dir: Direction, out: &mut Vec<TlsEvent>) {
+        let mid_stream = self.mid_stream && !self.sides[0].hello_done;
         let side = &mut self.sides[dir.index()];
         if self.abandoned || side.input_closed {
+            return;
+        }
+        // Under TLS 1.3 application keys (or still joining) the next record boundary can be
+        // found again, and the sequence number by trial: the records lost are the only loss.
+        if let Protection::Tls13(k) = &side.protection
+            && k.application
+            && let Some(opener) = &k.opener
+        {
+            side.resync_from = Some(opener.seq());
+            side.resync();
+            return;
+        }
+        if mid_stream && matches!(side.protection, Protection::Plain) {
+            side.resync();
             return;
         }
         side.input_closed = true;
@@ -504,6 +671,12 @@ impl TlsConnection {
                 let records = side.queue.len();
                 let bytes = side.queued_bytes;
                 let error = match side.waiting {
+                    Some(Waiting::Join(label)) => TlsError::NoJoinKey {
+                        label,
+                        max_seq: self.limits.join_max_seq,
+                        records,
+                        bytes,
+                    },
                     Some(Waiting::Key(label)) => TlsError::NoKey {
                         label,
                         client_random: client_random.unwrap_or_default(),
@@ -541,6 +714,7 @@ impl TlsConnection {
             offered_cipher_suites: self.offered_suites.clone(),
             hello_retry: self.hello_retry,
             keys_found: self.keys_found,
+            mid_stream: self.mid_stream,
             client: self.sides[0].summary(),
             server: self.sides[1].summary(),
         }
@@ -614,7 +788,7 @@ impl TlsConnection {
                             side.queue.push_front(record);
                             if side.waiting != Some(waiting) {
                                 side.waiting = Some(waiting);
-                                if let Waiting::Key(label) = waiting {
+                                if let Waiting::Key(label) | Waiting::Join(label) = waiting {
                                     out.push(TlsEvent::KeysPending { dir, label });
                                 }
                             }
@@ -667,7 +841,10 @@ impl TlsConnection {
         keys: &KeyLog,
         out: &mut Vec<TlsEvent>,
     ) -> Result<(), (Record, Waiting)> {
+        let joining =
+            self.mid_stream && !self.sides[0].hello_done && record.content_type == APPLICATION_DATA;
         match self.side(dir).protection {
+            Protection::Plain if joining => self.join(dir, record, keys, out),
             Protection::Plain => self.process_plain(dir, record, keys, out),
             Protection::Tls12(_) => {
                 self.process_tls12(dir, record, keys, out);
@@ -731,6 +908,75 @@ impl TlsConnection {
             _ => {} // heartbeat: nothing to decode
         }
         Ok(())
+    }
+
+    /// Joining mid-stream: the first protected record of a direction tells, by trial, which
+    /// key log secret this direction uses and how many records it sent before; the record is
+    /// then decoded as any other. Tried again only when the key log has grown.
+    fn join(
+        &mut self,
+        dir: Direction,
+        record: Record,
+        keys: &KeyLog,
+        out: &mut Vec<TlsEvent>,
+    ) -> Result<(), (Record, Waiting)> {
+        let label = match dir {
+            Direction::ClientToServer => Label::ClientTrafficSecret0,
+            Direction::ServerToClient => Label::ServerTrafficSecret0,
+        };
+        if self.side(dir).join_tried == Some(keys.len()) {
+            return Err((record, Waiting::Join(label)));
+        }
+        self.side(dir).join_tried = Some(keys.len());
+        // Once the other direction has joined, only its connection's secret can fit.
+        let candidates: Vec<([u8; 32], &[u8])> = match self.client_random {
+            Some(random) => keys
+                .secret(label, &random)
+                .map(|s| vec![(random, s)])
+                .unwrap_or_default(),
+            None => keys.labelled(label).collect(),
+        };
+        let found = join::find(
+            &candidates,
+            record.header(),
+            &record.payload,
+            0,
+            self.limits.join_max_seq,
+            self.limits.join_max_seq_chacha,
+            self.suite,
+        );
+        let Some(found) = found else {
+            return Err((record, Waiting::Join(label)));
+        };
+        let suite = found.suite;
+        let Some(mut opener) = RecordOpener::tls13(suite, &found.secret) else {
+            return Err((record, Waiting::Join(label)));
+        };
+        opener.set_seq(found.seq);
+        self.client_random = Some(found.client_random);
+        self.version = Some(TlsVersion::Tls13);
+        self.cipher_suite = Some(suite.id);
+        self.suite = Some(suite);
+        self.keys_found = true;
+        let side = self.side(dir);
+        side.joined_at_seq = Some(found.seq);
+        side.key_updates = found.generation;
+        side.protection = Protection::Tls13(Box::new(Tls13Keys {
+            application: true,
+            secret: Some(found.secret),
+            opener: Some(opener),
+            handshake_opened: true,
+            early_possible: false,
+            early: None,
+        }));
+        out.push(TlsEvent::Joined {
+            dir,
+            ts_ns: record.ts_ns,
+            cipher_suite: suite.id,
+            seq: found.seq,
+            key_updates: found.generation,
+        });
+        self.process_tls13(dir, record, keys, out)
     }
 
     /// The TLS 1.2 opener for this direction, from CLIENT_RANDOM and both randoms.
@@ -889,6 +1135,50 @@ impl TlsConnection {
             }
             k.opener = RecordOpener::tls13(suite, &secret);
             k.secret = Some(secret);
+        }
+        if let Some(from) = side.resync_from
+            && let Some(secret) = k.secret.as_deref()
+        {
+            // Bytes were lost: records went by uncounted, so the sequence number (and any
+            // key update in between) is found by trial from where the loss began.
+            let found = join::find(
+                &[(client_random, secret)],
+                record.header(),
+                &record.payload,
+                from,
+                from.saturating_add(RESYNC_WINDOW),
+                from.saturating_add(RESYNC_WINDOW),
+                Some(suite),
+            );
+            match found.and_then(|f| Some((RecordOpener::tls13(suite, &f.secret)?, f))) {
+                Some((mut opener, found)) => {
+                    opener.set_seq(found.seq);
+                    k.opener = Some(opener);
+                    k.secret = Some(found.secret);
+                    side.key_updates += found.generation;
+                    side.resync_from = None;
+                    side.resync_failures = 0;
+                }
+                None => {
+                    side.failed += 1;
+                    side.resync_failures += 1;
+                    if side.resync_failures >= MAX_RESYNC_FAILURES {
+                        side.stopped = true;
+                        side.input_closed = true;
+                        side.partial = Vec::new();
+                        out.push(TlsEvent::Error {
+                            dir,
+                            error: TlsError::Gap,
+                        });
+                    } else {
+                        out.push(TlsEvent::Error {
+                            dir,
+                            error: TlsError::Decrypt { seq: from },
+                        });
+                    }
+                    return Ok(());
+                }
+            }
         }
         let Some(opener) = k.opener.as_mut() else {
             return Ok(());

@@ -183,9 +183,13 @@ impl RecordOpener {
     }
 
     /// Sequence number the next record is expected to carry.
-    #[cfg(test)]
     pub(crate) fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Sets the sequence number of the next record (a connection joined mid-stream).
+    pub(crate) fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
     }
 
     /// Counts a record that will not be opened with this key (it failed, or was skipped),

@@ -53,6 +53,21 @@ pub enum TlsError {
         /// Their bytes on the wire.
         bytes: usize,
     },
+    /// The capture joined the connection mid-stream and no application traffic secret of
+    /// the key log opened its records at any sequence number searched.
+    #[error(
+        "{records} records ({bytes} bytes) never decrypted: joined mid-stream and no {label} in the key log opens them at sequence numbers up to {max_seq}"
+    )]
+    NoJoinKey {
+        /// The label searched.
+        label: Label,
+        /// Highest sequence number tried.
+        max_seq: u64,
+        /// Records dropped.
+        records: usize,
+        /// Their bytes on the wire.
+        bytes: usize,
+    },
     /// The connection ended while records still waited for the other direction's hello.
     #[error("{records} records ({bytes} bytes) never decrypted: the {which} was never seen")]
     MissingHello {
@@ -90,7 +105,7 @@ impl TlsError {
             TlsError::Handshake(_) | TlsError::MissingHello { .. } => "tls_handshake",
             TlsError::Unsupported(_) => "tls_unsupported",
             TlsError::Decrypt { .. } | TlsError::SecretLength { .. } => "tls_decrypt",
-            TlsError::NoKey { .. } => "tls_no_key",
+            TlsError::NoKey { .. } | TlsError::NoJoinKey { .. } => "tls_no_key",
             TlsError::Gap => "tls_gap",
             TlsError::HeldOverflow { .. } => "tls_held_overflow",
         }

@@ -192,6 +192,15 @@ impl KeyLog {
             .map(Vec::as_slice)
     }
 
+    /// Every (client_random, secret) logged under `label`, oldest first: the candidates
+    /// when a connection is joined without its client_random.
+    pub fn labelled(&self, label: Label) -> impl Iterator<Item = ([u8; 32], &[u8])> {
+        self.order
+            .iter()
+            .filter(move |(_, l)| *l == label)
+            .filter_map(|key| Some((key.0, self.secrets.get(key)?.as_slice())))
+    }
+
     /// Number of distinct lines held (what [`KeyLog::to_text`] would write).
     pub fn len(&self) -> usize {
         self.order.len() + self.other.len()

@@ -41,6 +41,7 @@ mod connection;
 mod crypto;
 mod error;
 mod handshake;
+mod join;
 mod keylog;
 mod suites;
 #[cfg(test)]
@@ -48,6 +49,7 @@ mod tests;
 
 pub use connection::{
     ConnectionSummary, Direction, DirectionSummary, Limits, TlsConnection, TlsEvent,
+    find_record_boundary,
 };
 pub use error::TlsError;
 pub use keylog::{KeyLog, KeyLogError, Label};

@@ -222,6 +222,11 @@ static UNSUPPORTED_NAMES: &[(u16, &str)] = &[
     (0x000a, "TLS_RSA_WITH_3DES_EDE_CBC_SHA"),
 ];
 
+/// Every suite this crate decrypts.
+pub(crate) fn all() -> &'static [Suite] {
+    SUITES
+}
+
 pub(crate) fn find(id: u16) -> Option<&'static Suite> {
     SUITES.iter().find(|s| s.id == id)
 }

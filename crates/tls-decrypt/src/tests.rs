@@ -428,6 +428,7 @@ fn records_held_past_the_limit_are_dropped_with_one_event() {
     let (c2s, s2c) = rfc8448_streams();
     let mut conn = TlsConnection::new(Limits {
         max_held_bytes: 600,
+        ..Limits::default()
     });
     let keys = KeyLog::new();
     let mut events = Vec::new();
@@ -616,7 +617,10 @@ proptest! {
         } else {
             (c2s, s2c)
         };
-        let mut conn = TlsConnection::new(Limits { max_held_bytes: 2000 });
+        let mut conn = TlsConnection::new(Limits {
+            max_held_bytes: 2000,
+            ..Limits::default()
+        });
         let mut events = Vec::new();
         let (mut i, mut j, mut k) = (0, 0, 0);
         while i < c2s.len() || j < s2c.len() {

@@ -684,7 +684,7 @@ fn tls12_wrong_master_secret_gives_decrypt_errors() {
 }
 
 #[test]
-fn tls13_gap_silences_one_direction() {
+fn tls13_a_gap_loses_only_the_records_it_cut() {
     let pair = configs(&setup(
         ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
         &rustls::version::TLS13,
@@ -701,16 +701,137 @@ fn tls13_gap_silences_one_direction() {
     assert!(t.wrote_s2c.starts_with(&before));
     conn.gap(S2C, &mut events);
     let n = events.len();
+    // The cut lands mid-record; the KeyUpdate half-way may be among what is lost.
     conn.feed(S2C, 2, &t.s2c[half + 1000..], &keys, &mut events);
-    conn.gap(S2C, &mut events);
-    conn.retry(&keys, &mut events);
-    assert_eq!(events.len(), n, "{:?}", &events[n..]);
-    assert_eq!(
-        error_list(&events)
+    let after = data_of(&events[n..], S2C);
+    assert!(!after.is_empty(), "{:?}", &events[n..]);
+    assert!(t.wrote_s2c.ends_with(&after));
+    assert!(before.len() + after.len() < t.wrote_s2c.len());
+    assert!(
+        events[n..]
             .iter()
-            .map(|e| e.kind())
-            .collect::<Vec<_>>(),
-        vec!["tls_gap"]
+            .any(|e| matches!(e, TlsEvent::Resynchronised { dir: S2C, .. }))
     );
+    assert_eq!(error_list(&events), Vec::<&TlsError>::new());
     assert_eq!(data_of(&events, C2S), t.wrote_c2s);
+    let summary = conn.summary();
+    assert_eq!(summary.server.resynchronisations, 1);
+    assert!(summary.server.bytes_skipped > 0);
+}
+
+/// Feeds both streams from `from` of their length on (mid-record), in chunks of `chunk`
+/// bytes, to a connection joined mid-stream; closes it.
+fn join_at(
+    t: &Transcript,
+    keys: &KeyLog,
+    from: f64,
+    chunk: usize,
+) -> (TlsConnection, Vec<TlsEvent>) {
+    let mut conn = TlsConnection::mid_stream(Limits::default());
+    let mut events = Vec::new();
+    let start = |s: &[u8]| (s.len() as f64 * from) as usize;
+    let (c, s) = (&t.c2s[start(&t.c2s)..], &t.s2c[start(&t.s2c)..]);
+    for i in 0..c.len().max(s.len()).div_ceil(chunk) {
+        let ts = i as u64;
+        let piece = |b: &[u8]| {
+            b.get(i * chunk..((i + 1) * chunk).min(b.len()))
+                .unwrap_or(&[])
+                .to_vec()
+        };
+        conn.feed(C2S, ts, &piece(c), keys, &mut events);
+        conn.feed(S2C, ts, &piece(s), keys, &mut events);
+    }
+    conn.close(&mut events);
+    (conn, events)
+}
+
+#[test]
+fn tls13_joined_mid_stream_decrypts_from_the_next_record_in_every_suite() {
+    for suite in [
+        ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ] {
+        let pair = configs(&setup(suite, &rustls::version::TLS13));
+        let t = converse(&pair, true, None);
+        let keys = key_log(&pair);
+        for (from, chunk) in [(0.35, 1000), (0.6, 7), (0.8, 1 << 20)] {
+            let (conn, events) = join_at(&t, &keys, from, chunk);
+            let context = format!("{suite:?} from {from} in chunks of {chunk}");
+            assert_eq!(error_list(&events), Vec::<&TlsError>::new(), "{context}");
+            for (dir, wrote) in [(C2S, &t.wrote_c2s), (S2C, &t.wrote_s2c)] {
+                let got = data_of(&events, dir);
+                assert!(!got.is_empty(), "{context}: {dir:?} decrypted nothing");
+                assert!(
+                    wrote.ends_with(&got),
+                    "{context}: {dir:?} is not what was sent"
+                );
+                assert!(got.len() < wrote.len(), "{context}");
+                assert!(
+                    events
+                        .iter()
+                        .any(|e| matches!(e, TlsEvent::Joined { dir: d, .. } if *d == dir)),
+                    "{context}"
+                );
+            }
+            let summary = conn.summary();
+            assert!(summary.mid_stream);
+            assert_eq!(summary.version, Some(TlsVersion::Tls13));
+            assert!(
+                summary.client.joined_at_seq.is_some_and(|s| s > 0),
+                "{context}"
+            );
+            assert!(
+                summary.server.joined_at_seq.is_some_and(|s| s > 0),
+                "{context}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tls12_joined_mid_stream_is_reported_as_undecryptable() {
+    let pair = configs(&setup(
+        ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        &rustls::version::TLS12,
+    ));
+    let t = converse(&pair, false, None);
+    let keys = key_log(&pair);
+    let (_, events) = join_at(&t, &keys, 0.5, 1000);
+    assert!(data_of(&events, S2C).is_empty() && data_of(&events, C2S).is_empty());
+    let kinds: Vec<&str> = error_list(&events).iter().map(|e| e.kind()).collect();
+    assert!(
+        !kinds.is_empty() && kinds.iter().all(|k| *k == "tls_no_key"),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn a_joined_stream_without_its_secret_waits_then_decrypts_when_it_arrives() {
+    let pair = configs(&setup(
+        ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        &rustls::version::TLS13,
+    ));
+    let t = converse(&pair, true, None);
+    let keys = key_log(&pair);
+    let mut conn = TlsConnection::mid_stream(Limits::default());
+    let mut events = Vec::new();
+    let empty = KeyLog::new();
+    let from = t.s2c.len() / 2;
+    conn.feed(S2C, 1, &t.s2c[from..], &empty, &mut events);
+    assert!(data_of(&events, S2C).is_empty());
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, TlsEvent::KeysPending { dir: S2C, .. }))
+    );
+    conn.retry(&keys, &mut events);
+    let got = data_of(&events, S2C);
+    assert!(!got.is_empty() && t.wrote_s2c.ends_with(&got));
+    // Held records keep the time they were captured.
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e, TlsEvent::ApplicationData { ts_ns, .. } if *ts_ns != 1))
+    );
 }
