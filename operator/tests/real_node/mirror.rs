@@ -2,9 +2,12 @@
 //! trader pod as an ephemeral container (the namespace's Pod Security level set to
 //! privileged: NET_RAW is beyond restricted and baseline), the mirror captures the
 //! pod's own interface with AF_PACKET and sends VXLAN to the capture pod through its
-//! Service, and the capture's figures reach the session's status: the trader's UDP
-//! feed decoded, timed at the pod, one-way latency from the wire. The trader pod is
-//! not restarted. Deleting the session deletes the capture.
+//! Service, and the capture's figures reach the session's status. The trader takes a
+//! TLS WebSocket feed and sends its orders over HTTPS, both connected long before the
+//! mirror joins, so no handshake is captured: the capture finds the keys (from the
+//! trader's key log) and record numbers by trial decryption, and decodes trades and
+//! orders, timed at the pod, with one-way latency and tick-to-trade from the wire.
+//! The trader pod is not restarted. Deleting the session deletes the capture.
 
 use std::time::Duration;
 
@@ -61,8 +64,10 @@ async fn the_mirror_joins_a_real_trader_pod_and_the_wire_reaches_the_status() {
                 "apiVersion": "ticklab.dev/v1alpha1", "kind": "LatencyExperiment",
                 "metadata": {"name": "wired"},
                 "spec": {
-                    "exchange": {"symbols": ["EURUSD", "BTCUSD"], "ratePerSecond": 5000, "seed": 9, "transport": "udp"},
-                    "trader": {"persistence": {"enabled": false}},
+                    "exchange": {"symbols": ["EURUSD", "BTCUSD"], "ratePerSecond": 5000, "seed": 9, "transport": "websocket"},
+                    "trader": {"persistence": {"enabled": false}, "orderTransport": "http",
+                               "strategy": {"thresholdBps": 2, "maxOrdersPerSecond": 200}},
+                    "tls": {"keyLog": true},
                     "duration": "90s",
                 },
             }),
@@ -75,8 +80,7 @@ async fn the_mirror_joins_a_real_trader_pod_and_the_wire_reaches_the_status() {
             &json!({
                 "apiVersion": "ticklab.dev/v1alpha1", "kind": "MirrorSession",
                 "metadata": {"name": "wire"},
-                "spec": {"experiment": "wired", "vni": 77,
-                         "filter": [{"direction": "ingress", "protocol": "udp"}]},
+                "spec": {"experiment": "wired", "vni": 77},
             }),
         );
 
@@ -84,7 +88,12 @@ async fn the_mirror_joins_a_real_trader_pod_and_the_wire_reaches_the_status() {
         let s = wait_for("the wire's figures in the session's status", Duration::from_secs(180), || async {
             let s = status(&client, &ns).await?;
             let mirroring = s.conditions.iter().any(|c| c.type_ == "Mirroring" && c.status == "True");
-            (mirroring && s.trades > 1000 && s.feed_latency.is_some()).then_some(s)
+            (mirroring
+                && s.trades > 1000
+                && s.orders_matched > 0
+                && s.feed_latency.is_some()
+                && s.tick_to_trade.is_some())
+            .then_some(s)
         })
         .await;
         steps.done("mirror running, wire figures in the status");
@@ -92,9 +101,18 @@ async fn the_mirror_joins_a_real_trader_pod_and_the_wire_reaches_the_status() {
         assert_eq!(s.mirrored_pods, vec![before.name_any()]);
         assert!(s.packets_decoded > 0 && s.packets_decoded <= s.packets_mirrored, "{s:?}");
         assert!(s.feed_latency.as_ref().unwrap().p50_micros > 0.0, "{s:?}");
+        assert!(s.tls_records_decrypted > 0, "{s:?}");
+        let tls_errors: Vec<_> = s
+            .decode_errors_by_kind
+            .keys()
+            .filter(|k| k.starts_with("tls_"))
+            .collect();
+        assert!(tls_errors.is_empty(), "every record joined decrypts: {s:?}");
         eprintln!(
-            "wire: {} trades decoded, feed latency p50 {:.1} µs p99 {:.1} µs; decode errors {:?}",
+            "wire (wss and HTTPS joined mid-stream): {} trades and {} orders decoded, {} TLS records, feed latency p50 {:.1} µs p99 {:.1} µs; decode errors {:?}",
             s.trades,
+            s.orders,
+            s.tls_records_decrypted,
             s.feed_latency.as_ref().unwrap().p50_micros,
             s.feed_latency.as_ref().unwrap().p99_micros,
             s.decode_errors_by_kind
