@@ -117,14 +117,28 @@ impl LocalMirror {
         })
     }
 
-    /// Stops the mirror, lets the capture decode what it was sent, and returns the
-    /// capture's final report.
-    pub async fn stop(self) -> anyhow::Result<WireReport> {
+    /// Stops the mirror, lets the capture decode what it was sent (and set the trader's
+    /// final receive stamps, `(session, [(seq, ns)])`, beside the wire's), and returns
+    /// the capture's final report.
+    pub async fn stop(
+        self,
+        final_stamps: Option<(String, Vec<(u64, u64)>)>,
+    ) -> anyhow::Result<WireReport> {
         self.mirror_stop.cancel();
         let mirror = self.mirror.join().await.context("mirror")?;
         let deadline = Instant::now() + CATCH_UP;
         while self.capture.report().frames < mirror.mirrored && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some((session, stamps)) = final_stamps {
+            // Stamps the capture took in already are skipped by sequence number; the
+            // rest meet their trades as the capture ends.
+            let _ = self
+                .capture
+                .shared
+                .input
+                .lock()
+                .send(ticklab_capture_service::Input::AppReceived { session, stamps });
         }
         self.capture_stop.cancel();
         self.capture.join().await.context("capture")

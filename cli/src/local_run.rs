@@ -540,7 +540,7 @@ pub async fn run(
         Ok(pair) => pair,
         Err(e) => {
             if let Some(m) = mirror {
-                let _ = m.stop().await;
+                let _ = m.stop(None).await;
             }
             return Err(e);
         }
@@ -651,10 +651,22 @@ pub async fn run(
     } else {
         recorders.stop().await?
     };
+    let trader_shared = pair.trader.shared.clone();
     let (mut results, exchange_report) = pair.stop().await?;
-    // The mirror last: it has seen everything the pair sent until it stopped.
+    // The mirror last: it has seen everything the pair sent until it stopped. The
+    // trader's last receive stamps (its final flush came after the capture's last
+    // poll) go to the capture directly.
     let wire = match mirror {
-        Some(m) => Some(m.stop().await?),
+        Some(m) => {
+            let stamps = {
+                let feed = trader_shared.feed.lock();
+                feed.stamps
+                    .session
+                    .clone()
+                    .map(|session| (session, feed.stamps.page(0, usize::MAX).1))
+            };
+            Some(m.stop(stamps).await?)
+        }
         None => None,
     };
     let recordings = recorded

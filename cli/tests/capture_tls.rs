@@ -138,6 +138,12 @@ fn wss_and_https_are_decrypted_on_the_wire_and_tshark_agrees() {
         "{context}"
     );
     assert_eq!(wire["decodeErrors"], serde_json::json!({}), "{context}");
+    // Every trade's receive stamp set beside its wire time, not a sample.
+    assert_eq!(
+        n(&["wire", "tradeAppMinusWire", "count"]),
+        n(&["results", "received"]),
+        "{context}"
+    );
     assert_eq!(
         n(&["wire", "tls", "connections"]),
         2,

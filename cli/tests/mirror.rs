@@ -185,6 +185,7 @@ adminListen: 198.18.1.6:9290
 vni: 77
 retransmitPorts: [9001]
 serverPorts: [9001, 9002, 9003]
+traderApi: http://198.18.1.5:9100
 messagesFile: {}
 "#,
             dir.path().join("messages.jsonl").display()
@@ -323,6 +324,16 @@ adminListen: 198.18.1.1:9101
         "frames the mirror sent vs the capture received\n{}",
         logs()
     );
+    // The capture polls the trader's receive stamp of every live trade: wait until it
+    // has set each beside the wire's time of the same trade.
+    let compared = || {
+        get(&c, "http://198.18.1.6:9290/report")
+            .and_then(|r| r["tradeAppMinusWire"]["count"].as_u64())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && compared() != stats["received"].as_u64() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The trader's own receive stamps of its latest trades, before it stops.
     let recent = get(&t, "http://198.18.1.5:9100/trades?limit=1000").unwrap();
     let mirror_drops = metric(
@@ -397,6 +408,20 @@ adminListen: 198.18.1.1:9101
         "{context}"
     );
     assert_eq!(wire["timing"], "interface", "{context}");
+    // Every live trade's receive stamp against its wire time (kernel stamps on both
+    // sides), not a sample.
+    assert_eq!(
+        n(&wire, &["tradeAppMinusWire", "count"]),
+        n(&trader_results, &["received"]),
+        "{context}"
+    );
+    for bound in ["minMicros", "maxMicros"] {
+        let micros = wire["tradeAppMinusWire"][bound].as_f64().unwrap();
+        assert!(
+            micros.abs() * 1_000.0 <= AGREEMENT_NS as f64,
+            "trader minus wire, {bound}: {micros} µs: {context}"
+        );
+    }
     assert_eq!(wire["decodeErrors"], serde_json::json!({}), "{context}");
     // The wire's median feed latency and the trader's (kernel stamps) agree too.
     let wire_p50 = wire["feedLatency"]["p50Micros"].as_f64().unwrap();
@@ -441,7 +466,12 @@ adminListen: 198.18.1.1:9101
         compared += 1;
     }
     assert!(compared >= 500, "only {compared} trades to compare");
-    eprintln!("wire vs trader kernel stamp over {compared} trades: worst {worst} ns");
+    eprintln!(
+        "wire vs trader kernel stamp over {compared} trades: worst {worst} ns; the capture's own comparison of all {} live trades: {} to {} µs",
+        wire["tradeAppMinusWire"]["count"],
+        wire["tradeAppMinusWire"]["minMicros"],
+        wire["tradeAppMinusWire"]["maxMicros"]
+    );
     assert!(
         worst <= AGREEMENT_NS,
         "wire and trader disagree by up to {worst} ns on the same trade: {context}"

@@ -610,7 +610,10 @@ impl Analyzer {
                     self.plaintext_gap(key, side);
                 }
             }
-            _ => {}
+            // Under TLS the plaintext ends with the records already decrypted.
+            StreamEvent::Fin { ts_ns } | StreamEvent::Reset { ts_ns } => {
+                self.end_of_stream(key, side, ts_ns)
+            }
         }
     }
 
@@ -849,42 +852,7 @@ impl Analyzer {
             App::Http(http) => {
                 let mut out = Vec::new();
                 http.feed(ts_ns, bytes, &mut out);
-                for e in out {
-                    match e {
-                        HttpEvent::Request {
-                            first_byte_ts_ns,
-                            method,
-                            path,
-                            body,
-                            ..
-                        } => {
-                            if method == "POST" && path.split('?').next() == Some("/orders") {
-                                match serde_json::from_slice::<Order>(&body) {
-                                    Ok(order) => {
-                                        messages.push((first_byte_ts_ns, AppMessage::Order(order)))
-                                    }
-                                    Err(_) => errors.push("order_json"),
-                                }
-                            }
-                        }
-                        HttpEvent::Response {
-                            ts_ns,
-                            status,
-                            body,
-                            ..
-                        } => {
-                            if (200..300).contains(&status)
-                                && let Ok(reply) = serde_json::from_slice::<HttpOrderReply>(&body)
-                            {
-                                messages.push((ts_ns, AppMessage::Ack(reply.ack)));
-                                if reply.fill.is_some() {
-                                    messages.push((ts_ns, AppMessage::Fill));
-                                }
-                            }
-                        }
-                        HttpEvent::Error(e) => errors.push(e.kind()),
-                    }
-                }
+                http_messages(out, &mut messages, &mut errors);
             }
             App::Detect(_) | App::Resync(_) => {}
         }
@@ -896,6 +864,30 @@ impl Analyzer {
         for e in errors {
             self.error(e);
         }
+        self.apply(messages);
+    }
+
+    /// One direction of a connection ended (FIN): an HTTP response delimited by the end
+    /// of the connection is complete now, and a message cut short is reported.
+    fn end_of_stream(&mut self, key: ConnectionKey, side: usize, ts_ns: u64) {
+        let Some(conn) = self.connections.get_mut(&key) else {
+            return;
+        };
+        let App::Http(http) = &mut conn.halves[side].app else {
+            return;
+        };
+        let mut out = Vec::new();
+        http.end(ts_ns, &mut out);
+        let (mut messages, mut errors) = (Vec::new(), Vec::new());
+        http_messages(out, &mut messages, &mut errors);
+        for e in errors {
+            self.error(e);
+        }
+        self.apply(messages);
+    }
+
+    /// Decoded messages to the latency bookkeeping.
+    fn apply(&mut self, messages: Vec<(u64, AppMessage)>) {
         for (ts, m) in messages {
             match m {
                 AppMessage::Feed(view) => {
@@ -909,6 +901,48 @@ impl Analyzer {
                 AppMessage::Ack(a) => self.latency.ack(ts, &a),
                 AppMessage::Fill => self.latency.fill(),
             }
+        }
+    }
+}
+
+/// Orders and their replies from the HTTP order API's requests and responses.
+fn http_messages(
+    events: Vec<HttpEvent>,
+    messages: &mut Vec<(u64, AppMessage)>,
+    errors: &mut Vec<&'static str>,
+) {
+    for e in events {
+        match e {
+            HttpEvent::Request {
+                first_byte_ts_ns,
+                method,
+                path,
+                body,
+                ..
+            } => {
+                if method == "POST" && path.split('?').next() == Some("/orders") {
+                    match serde_json::from_slice::<Order>(&body) {
+                        Ok(order) => messages.push((first_byte_ts_ns, AppMessage::Order(order))),
+                        Err(_) => errors.push("order_json"),
+                    }
+                }
+            }
+            HttpEvent::Response {
+                ts_ns,
+                status,
+                body,
+                ..
+            } => {
+                if (200..300).contains(&status)
+                    && let Ok(reply) = serde_json::from_slice::<HttpOrderReply>(&body)
+                {
+                    messages.push((ts_ns, AppMessage::Ack(reply.ack)));
+                    if reply.fill.is_some() {
+                        messages.push((ts_ns, AppMessage::Fill));
+                    }
+                }
+            }
+            HttpEvent::Error(e) => errors.push(e.kind()),
         }
     }
 }

@@ -371,3 +371,73 @@ fn a_joined_connection_of_another_protocol_is_let_go_as_other() {
     assert!(r.other > 0, "{r:#?}");
     assert_eq!(r.errors(), 0, "{:?}", r.decode_errors);
 }
+
+#[test]
+fn an_http_response_delimited_by_the_end_of_the_connection_is_decoded_at_its_fin() {
+    let mut a = Analyzer::new(AnalyzerConfig::default());
+    let client = (TRADER, 54000);
+    let server = (EXCHANGE, 9003);
+    let segment =
+        |src: ([u8; 4], u16), dst: ([u8; 4], u16), seq: u32, flags: &str, payload: &[u8]| {
+            let mut out = Vec::new();
+            let b = PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4(
+                    if src == client { TRADER } else { EXCHANGE },
+                    if dst == server { EXCHANGE } else { TRADER },
+                    64,
+                )
+                .tcp(src.1, dst.1, seq, 65535);
+            let b = match flags {
+                "syn" => b.syn(),
+                "fin" => b.fin().ack(1),
+                _ => b.ack(1),
+            };
+            b.write(&mut out, payload).unwrap();
+            out
+        };
+    let o = order(7, 1, T0 + 5_000);
+    let body = serde_json::to_vec(&o).unwrap();
+    let mut request = format!(
+        "POST /orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let ack = Ack {
+        client_order_id: 7,
+        exchange_order_id: 70,
+        status: AckStatus::Accepted,
+        exchange_ts_ns: 0,
+    };
+    let reply = serde_json::json!({ "ack": ack });
+    // No length: the body runs to the end of the connection.
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{reply}"
+    );
+    let frames = [
+        (T0, segment(client, server, 100, "syn", b"")),
+        (T0, segment(server, client, 900, "syn", b"")),
+        (T0 + 10_000, segment(client, server, 101, "", &request)),
+        (
+            T0 + 60_000,
+            segment(server, client, 901, "", response.as_bytes()),
+        ),
+    ];
+    for (at, f) in &frames {
+        a.frame(*at, Timing::Interface, LinkType::Ethernet, f);
+    }
+    assert_eq!(a.report().messages.acks, 0, "not complete before the FIN");
+    let fin_seq = 901 + response.len() as u32;
+    a.frame(
+        T0 + 70_000,
+        Timing::Interface,
+        LinkType::Ethernet,
+        &segment(server, client, fin_seq, "fin", b""),
+    );
+    let r = a.report();
+    assert_eq!((r.messages.orders, r.messages.acks), (1, 1), "{r:#?}");
+    assert_eq!(r.errors(), 0, "{:?}", r.decode_errors);
+    // The round trip ends when the body ended: at the FIN, 60 µs after the order.
+    let rtt = r.order_round_trip.unwrap();
+    assert!((rtt.max_micros - 60.0).abs() < 0.5, "{rtt:?}");
+}

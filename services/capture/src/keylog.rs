@@ -1,8 +1,8 @@
 //! What the capture gets from the trader's API: its TLS key log (`GET /keylog`,
 //! polled from where the last answer ended, so each line comes once) and its own
-//! receive stamps of recent trades (`GET /trades`), to set beside the wire's for
-//! the same trades. A trader that is not up yet, or has no key log, is polled
-//! again later; failures are counted, never fatal.
+//! receive stamp of every live trade (`GET /stamps`, also from a cursor), to set
+//! beside the wire's for the same trade. A trader that is not up yet, or has no key
+//! log, is polled again later; failures are counted, never fatal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,24 +13,16 @@ use tokio_util::sync::CancellationToken;
 use crate::{Input, Shared};
 
 const KEYLOG_EVERY: Duration = Duration::from_millis(200);
-const TRADES_EVERY: Duration = Duration::from_millis(500);
-/// Trades asked for per poll (the trader keeps its most recent 1000).
-const TRADES_PER_POLL: usize = 1000;
+/// The trader keeps about a second of stamps at its highest rates.
+const STAMPS_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TradesView {
-    trades: Vec<StoredTrade>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StoredTrade {
-    session: String,
-    seq: u64,
-    received_at_ns: u64,
-    #[serde(default)]
-    recovered: bool,
+struct StampsView {
+    session: Option<String>,
+    next: u64,
+    missed: u64,
+    stamps: Vec<(u64, u64)>,
 }
 
 pub async fn poll_trader(api: String, shared: Arc<Shared>, stop: CancellationToken) {
@@ -40,9 +32,10 @@ pub async fn poll_trader(api: String, shared: Arc<Shared>, stop: CancellationTok
         .unwrap_or_default();
     let base = api.trim_end_matches('/').to_string();
     let mut next_line: u64 = 0;
+    let mut next_stamp: u64 = 0;
     let mut keylog = tokio::time::interval(KEYLOG_EVERY);
-    let mut trades = tokio::time::interval(TRADES_EVERY);
-    for t in [&mut keylog, &mut trades] {
+    let mut stamps = tokio::time::interval(STAMPS_EVERY);
+    for t in [&mut keylog, &mut stamps] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     loop {
@@ -54,7 +47,9 @@ pub async fn poll_trader(api: String, shared: Arc<Shared>, stop: CancellationTok
                     if !more { break; }
                 }
             }
-            _ = trades.tick() => poll_trades(&http, &base, &shared).await,
+            _ = stamps.tick() => {
+                while poll_stamps(&http, &base, &mut next_stamp, &shared).await {}
+            }
         }
     }
 }
@@ -116,31 +111,33 @@ async fn poll_keylog(
     Some(more)
 }
 
-async fn poll_trades(http: &reqwest::Client, base: &str, shared: &Shared) {
-    let view = match http
-        .get(format!("{base}/trades?limit={TRADES_PER_POLL}"))
-        .send()
-        .await
-    {
-        Ok(r) if r.status().is_success() => r.json::<TradesView>().await.ok(),
+/// One `GET /stamps` from the cursor on; whether a full page came back (ask again).
+async fn poll_stamps(http: &reqwest::Client, base: &str, next: &mut u64, shared: &Shared) -> bool {
+    let view = match http.get(format!("{base}/stamps?after={next}")).send().await {
+        Ok(r) if r.status().is_success() => r.json::<StampsView>().await.ok(),
         _ => None,
     };
     let Some(view) = view else {
         shared
             .metrics
             .poll_failures
-            .with_label_values(&["trades"])
+            .with_label_values(&["stamps"])
             .inc();
-        return;
+        return false;
     };
-    let stamps: Vec<(String, u64, u64)> = view
-        .trades
-        .into_iter()
-        // A recovered trade's receive stamp is its recovery, not its arrival.
-        .filter(|t| !t.recovered)
-        .map(|t| (t.session, t.seq, t.received_at_ns))
-        .collect();
-    if !stamps.is_empty() {
-        let _ = shared.input.lock().send(Input::AppReceived(stamps));
+    shared.metrics.app_stamps_missed.inc_by(view.missed);
+    *next = view.next;
+    let full = view.stamps.len() >= PAGE_HINT;
+    if let Some(session) = view.session
+        && !view.stamps.is_empty()
+    {
+        let _ = shared.input.lock().send(Input::AppReceived {
+            session,
+            stamps: view.stamps,
+        });
     }
+    full
 }
+
+/// A page this long may have more behind it (the trader's page is 50 000).
+const PAGE_HINT: usize = 50_000;

@@ -132,8 +132,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Input {
     /// Key log text (NSS lines).
     KeyLog(String),
-    /// The trader's receive stamps: (feed session, sequence number, receive ns).
-    AppReceived(Vec<(String, u64, u64)>),
+    /// The trader's receive stamps of live trades: (sequence number, receive ns), all
+    /// of one feed session.
+    AppReceived {
+        session: String,
+        stamps: Vec<(u64, u64)>,
+    },
 }
 
 /// State the thread publishes and the HTTP side reads.

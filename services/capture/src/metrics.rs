@@ -29,6 +29,10 @@ pub struct CaptureMetrics {
     pub round_trip: Histogram,
     pub app_wire_difference: GaugeVec,
     pub poll_failures: IntCounterVec,
+    /// Trader receive stamps gone from its API before the capture read them.
+    pub app_stamps_missed: IntCounter,
+    /// Trader receive stamps whose trade the capture never saw on the wire.
+    pub app_stamps_unmatched: IntCounter,
     /// The mirrors' own counts, as they report them, by pod.
     pub mirror_frames: IntCounterVec,
     pub mirror_kernel_drops: IntCounterVec,
@@ -107,12 +111,12 @@ impl CaptureMetrics {
             IntCounterVec::new(
                 Opts::new(
                     "ticklab_capture_trader_poll_failures_total",
-                    "Failed polls of the trader's API, by what was asked: keylog, trades",
+                    "Failed polls of the trader's API, by what was asked: keylog, stamps",
                 ),
                 &["what"],
             )?,
         )?;
-        for what in ["keylog", "trades"] {
+        for what in ["keylog", "stamps"] {
             poll_failures.with_label_values(&[what]);
         }
         for timing in ["interface", "arrival"] {
@@ -151,6 +155,20 @@ impl CaptureMetrics {
                 )?,
             )?,
             poll_failures,
+            app_stamps_missed: reg(
+                registry,
+                IntCounter::new(
+                    "ticklab_capture_app_stamps_missed_total",
+                    "Trader receive stamps that left the trader's API before the capture read them: trades with no wire-against-app figure",
+                )?,
+            )?,
+            app_stamps_unmatched: reg(
+                registry,
+                IntCounter::new(
+                    "ticklab_capture_app_stamps_unmatched_total",
+                    "Trader receive stamps whose trade the capture did not see on the wire within 10 s (the frame was not mirrored or not decoded)",
+                )?,
+            )?,
             frames,
             decoded: counter(
                 "ticklab_capture_packets_decoded_total",

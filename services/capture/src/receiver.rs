@@ -60,10 +60,27 @@ pub struct Receiver {
     messages: Option<BufWriter<File>>,
     published: Published,
     last_kernel_drops: u32,
-    /// Highest sequence number of each feed session already compared with the
-    /// trader's receive stamps (a poll returns many trades it returned before).
-    compared: std::collections::HashMap<String, u64>,
+    /// Trader receive stamps waiting for their trade's wire time.
+    stamps: StampQueue,
 }
+
+/// The trader's receive stamps set beside the wire's time of the same trade. A stamp can
+/// come before its trade is decoded (the mirror path and the capture's batching lag the
+/// trader's API), so it waits, bounded in time and count; what never meets its trade
+/// (the capture missed the frame) is counted, not silently dropped.
+#[derive(Default)]
+struct StampQueue {
+    session: Option<String>,
+    /// (sequence number, receive ns, when it came), in the order the trader delivered.
+    waiting: std::collections::VecDeque<(u64, u64, Instant)>,
+    /// Highest sequence number taken in for `session` (the last stamps of a local run
+    /// are handed over again whole).
+    taken_upto: Option<u64>,
+}
+
+/// How long a stamp waits for its trade's wire time, and how many may wait.
+const STAMP_WAIT: Duration = Duration::from_secs(10);
+const STAMPS_WAITING: usize = 1 << 20;
 
 impl Receiver {
     pub fn new(socket: UdpSocket, shared: Arc<Shared>, inbox: Inbox<Input>) -> Result<Self> {
@@ -109,7 +126,7 @@ impl Receiver {
             messages,
             published: Published::default(),
             last_kernel_drops: 0,
-            compared: Default::default(),
+            stamps: StampQueue::default(),
         })
     }
 
@@ -183,11 +200,14 @@ impl Receiver {
             if Instant::now() >= next_publish {
                 next_publish = Instant::now() + PUBLISH_EVERY;
                 self.analyzer.expire(now_ns(), IDLE_NS);
+                self.compare_stamps(false);
                 self.publish();
             }
         }
-        self.inputs();
+        // Segments still held are decoded first, so the last stamps find their trades.
         self.analyzer.flush();
+        self.inputs();
+        self.compare_stamps(true);
         self.observations();
         if let Some(files) = &mut self.pcapng {
             let keys = self.analyzer.key_log().to_text();
@@ -242,6 +262,55 @@ impl Receiver {
         }
     }
 
+    fn take_stamps(&mut self, session: String, stamps: Vec<(u64, u64)>) {
+        let q = &mut self.stamps;
+        if q.session.as_ref() != Some(&session) {
+            // A new feed session: stamps of the old one can no longer meet their trades.
+            let stale = q.waiting.len() as u64;
+            self.shared.metrics.app_stamps_unmatched.inc_by(stale);
+            q.waiting.clear();
+            q.session = Some(session);
+            q.taken_upto = None;
+        }
+        let now = Instant::now();
+        for (seq, app_ns) in stamps {
+            if q.taken_upto.is_some_and(|upto| seq <= upto) {
+                continue;
+            }
+            q.taken_upto = Some(seq);
+            if q.waiting.len() == STAMPS_WAITING {
+                q.waiting.pop_front();
+                self.shared.metrics.app_stamps_unmatched.inc();
+            }
+            q.waiting.push_back((seq, app_ns, now));
+        }
+    }
+
+    /// Compares the waiting stamps whose trades have been seen on the wire; drops those
+    /// that waited too long (or all that are left, `last`), counting them.
+    fn compare_stamps(&mut self, last: bool) {
+        let current = self.analyzer.latency().session().map(|s| s.as_str());
+        let same_session = current.is_some() && current == self.stamps.session;
+        let now = Instant::now();
+        let mut unmatched = 0u64;
+        let mut matched = Vec::new();
+        self.stamps.waiting.retain(|&(seq, app_ns, came)| {
+            if same_session && let Some(wire) = self.analyzer.latency().tick_seen(seq) {
+                matched.push((app_ns, wire));
+                return false;
+            }
+            if last || now.duration_since(came) > STAMP_WAIT {
+                unmatched += 1;
+                return false;
+            }
+            true
+        });
+        for (app_ns, wire) in matched {
+            self.analyzer.app_received(app_ns, wire);
+        }
+        self.shared.metrics.app_stamps_unmatched.inc_by(unmatched);
+    }
+
     fn inputs(&mut self) {
         loop {
             match self.inbox.try_recv() {
@@ -249,23 +318,9 @@ impl Receiver {
                     self.analyzer.add_key_log(&text);
                     self.observations();
                 }
-                Ok(Input::AppReceived(mut trades)) => {
-                    // Oldest first: the watermark below only moves forward.
-                    trades.sort_unstable_by_key(|t| t.1);
-                    let session = self.analyzer.latency().session().map(|s| s.as_str());
-                    for (trade_session, seq, app_ns) in trades {
-                        if Some(&trade_session) != session.as_ref() {
-                            continue;
-                        }
-                        let done = self.compared.entry(trade_session).or_insert(0);
-                        if seq <= *done {
-                            continue;
-                        }
-                        *done = seq;
-                        if let Some(wire) = self.analyzer.latency().tick_seen(seq) {
-                            self.analyzer.app_received(app_ns, wire);
-                        }
-                    }
+                Ok(Input::AppReceived { session, stamps }) => {
+                    self.take_stamps(session, stamps);
+                    self.compare_stamps(false);
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
             }

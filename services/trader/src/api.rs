@@ -3,6 +3,12 @@
 //! when persistence is on, else from memory) and `GET /stats` (counts and latency
 //! percentiles). Errors are JSON with a 4xx status.
 //!
+//! `GET /stamps?after=N`: the receive stamp of every live trade from cursor N on, at
+//! most [`STAMPS_PAGE`] per answer, as JSON `{session, first, next, missed, stamps:
+//! [[seq, receivedAtNs], ...]}`; `next` is the cursor of the next poll, `missed` the
+//! stamps gone before they were read. A capture polls it to set the trader's clock
+//! beside the wire's for every trade, not a sample.
+//!
 //! `GET /keylog?since=N` (with `spec.tls.keyLog`): the trader's TLS key log, NSS
 //! key log format (SSLKEYLOGFILE), as `text/plain`, one line per secret, from line
 //! index N (default 0) on, at most [`KEYLOG_PAGE_LINES`] lines per answer. The
@@ -29,6 +35,9 @@ use crate::state::{RECENT_TRADES, TraderShared};
 use crate::store::{StoredTrade, TradeStore};
 use crate::tls::SessionKeyLog;
 
+/// Most receive stamps one `GET /stamps` returns.
+pub const STAMPS_PAGE: usize = 50_000;
+
 /// Most key log lines one `GET /keylog` returns.
 pub const KEYLOG_PAGE_LINES: usize = 10_000;
 
@@ -47,6 +56,7 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/trades", get(trades))
         .route("/stats", get(stats))
         .route("/keylog", get(keylog))
+        .route("/stamps", get(stamps))
         .with_state(state)
 }
 
@@ -56,6 +66,51 @@ struct TradesView {
     /// "mongodb" or "memory".
     source: &'static str,
     trades: Vec<StoredTrade>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StampsView {
+    session: Option<String>,
+    first: u64,
+    next: u64,
+    missed: u64,
+    stamps: Vec<(u64, u64)>,
+}
+
+#[tracing::instrument(skip_all)]
+async fn stamps(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let after = match params.get("after").map(|v| v.parse::<u64>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "after must be a cursor (a non-negative integer) from the last answer's next, got {:?}",
+                    params.get("after").map(String::as_str).unwrap_or_default()
+                ),
+            );
+        }
+    };
+    let feed = state.shared.feed.lock();
+    let (first, stamps) = feed.stamps.page(after, STAMPS_PAGE);
+    let view = StampsView {
+        session: feed.stamps.session.clone(),
+        first,
+        next: first + stamps.len() as u64,
+        missed: if after <= feed.stamps.next() {
+            first.saturating_sub(after)
+        } else {
+            0
+        },
+        stamps,
+    };
+    drop(feed);
+    axum::Json(view).into_response()
 }
 
 #[tracing::instrument(skip_all)]

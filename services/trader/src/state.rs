@@ -17,6 +17,70 @@ use crate::store::{ReceivedTrade, StoreCounts};
 
 /// Most recent trades kept in memory for `GET /trades` without MongoDB.
 pub const RECENT_TRADES: usize = 1000;
+/// Receive stamps kept for `GET /stamps`: a second of a 250 k trades/s feed, for a
+/// reader that polls five times a second.
+pub const STAMPS_KEPT: usize = 1 << 18;
+
+/// The receive stamp of every live trade (recovered ones are not: their stamp is the
+/// recovery), in the order they were delivered, behind a cursor so that a reader (the
+/// capture setting each beside the wire's time for the same trade) gets each once.
+#[derive(Default)]
+pub struct ReceiveStamps {
+    /// The feed session the stamps belong to.
+    pub session: Option<String>,
+    /// (sequence number, receive ns), oldest first.
+    entries: VecDeque<(u64, u64)>,
+    /// Cursor of `entries[0]`: stamps published before it, all sessions together.
+    first: u64,
+}
+
+impl ReceiveStamps {
+    /// Appends the stamps of the last flush; the oldest go past [`STAMPS_KEPT`]. A new
+    /// session starts afresh (its sequence numbers are not the old one's), the cursor
+    /// still moving on.
+    pub fn publish(&mut self, session: Option<String>, new: impl IntoIterator<Item = (u64, u64)>) {
+        if session != self.session {
+            self.first += self.entries.len() as u64;
+            self.entries.clear();
+            self.session = session;
+        }
+        for entry in new {
+            if self.entries.len() == STAMPS_KEPT {
+                self.entries.pop_front();
+                self.first += 1;
+            }
+            self.entries.push_back(entry);
+        }
+    }
+
+    /// The cursor after the newest stamp.
+    pub fn next(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    /// Up to `limit` stamps from cursor `after` on, and the cursor of the first one.
+    /// Stamps gone before they were read start the page later (the difference is what
+    /// the reader missed); a cursor past the end (from a trader that restarted) starts
+    /// again at the oldest.
+    pub fn page(&self, after: u64, limit: usize) -> (u64, Vec<(u64, u64)>) {
+        let start = if after > self.next() {
+            self.first
+        } else {
+            after.max(self.first)
+        };
+        // start - first <= entries.len(), a usize.
+        let skip = usize::try_from(start - self.first).unwrap_or(usize::MAX);
+        (
+            start,
+            self.entries
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .copied()
+                .collect(),
+        )
+    }
+}
 
 /// The feed handler's published view, as of its last flush.
 #[derive(Default)]
@@ -27,6 +91,7 @@ pub struct FeedSnapshot {
     pub sent: u64,
     pub missing: u64,
     pub recent: VecDeque<ReceivedTrade>,
+    pub stamps: ReceiveStamps,
     pub last_prices: Vec<(Symbol, f64)>,
     /// "kernel" or "user".
     pub timestamp_source: &'static str,
@@ -112,5 +177,35 @@ impl TraderShared {
     /// Trades still missing (not yet recovered nor given up).
     pub fn missing(&self) -> u64 {
         self.feed.lock().missing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_paged_once_each_and_what_was_overwritten_shows_as_a_later_start() {
+        let mut s = ReceiveStamps::default();
+        s.publish(Some("a".into()), (1..=5).map(|i| (i, i * 10)));
+        let (start, page) = s.page(0, 3);
+        assert_eq!((start, page), (0, vec![(1, 10), (2, 20), (3, 30)]));
+        let (start, page) = s.page(3, 100);
+        assert_eq!((start, page.len()), (3, 2));
+        assert!(s.page(5, 100).1.is_empty());
+        // Past the bound the oldest go; a reader behind starts at the oldest kept.
+        s.publish(
+            Some("a".into()),
+            (6..6 + STAMPS_KEPT as u64).map(|i| (i, i)),
+        );
+        let (start, page) = s.page(5, 1);
+        assert_eq!(start, s.next() - STAMPS_KEPT as u64);
+        assert_eq!(page[0].0, start + 1);
+        // A new session starts afresh; old cursors still work.
+        let next = s.next();
+        s.publish(Some("b".into()), [(1, 1)]);
+        assert_eq!(s.page(next, 10), (next, vec![(1, 1)]));
+        // A cursor from before a trader restart (past the end) starts again.
+        assert_eq!(s.page(next + 1_000, 10).0, next);
     }
 }

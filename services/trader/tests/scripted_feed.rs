@@ -231,6 +231,39 @@ async fn stats_and_recent_trades_are_served_as_json() {
     assert_eq!(seqs, vec![100, 99, 98, 97, 96]);
     assert!(trades["trades"][0]["latencyMicros"].as_f64().unwrap() >= 0.0);
 
+    // Every live trade's receive stamp, from a cursor: all 100, in order, then none.
+    let stamps: serde_json::Value = reqwest::get(format!("{base}/stamps?after=0"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stamps["first"], 0);
+    assert_eq!(stamps["next"], 100);
+    assert_eq!(stamps["missed"], 0);
+    let stamped: Vec<u64> = stamps["stamps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(stamped, (1..=100).collect::<Vec<u64>>());
+    assert!(stamps["stamps"][0][1].as_u64().unwrap() > 0);
+    let rest: serde_json::Value = reqwest::get(format!("{base}/stamps?after=100"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["stamps"], serde_json::json!([]));
+    assert_eq!(rest["next"], 100);
+    let r = reqwest::get(format!("{base}/stamps?after=-1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("after"), "{body}");
+
     for bad in ["limit=0", "limit=abc", "limit=100000"] {
         let r = reqwest::get(format!("{base}/trades?{bad}")).await.unwrap();
         assert_eq!(r.status(), 400, "{bad}");

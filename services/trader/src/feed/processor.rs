@@ -34,6 +34,8 @@ pub struct FeedProcessor {
     store: Option<TradeStore>,
     batch: Vec<ReceivedTrade>,
     recent: VecDeque<ReceivedTrade>,
+    /// Receive stamps of live trades since the last flush, for `GET /stamps`.
+    stamps: Vec<(u64, u64)>,
     last_prices: Vec<(Symbol, i64)>,
     /// One-way latency since the last flush; `user` only with kernel timestamps.
     latency: Box<LatencyPair>,
@@ -83,6 +85,7 @@ impl FeedProcessor {
             store,
             batch: Vec::new(),
             recent: VecDeque::with_capacity(RECENT_TRADES),
+            stamps: Vec::new(),
             last_prices,
             latency: Box::default(),
             merger,
@@ -259,6 +262,9 @@ impl FeedProcessor {
             self.batch.push(record);
         }
         self.recent.push_back(record);
+        if !recovered {
+            self.stamps.push((seq, rx_ns));
+        }
     }
 
     fn hand_off_batch(&mut self) {
@@ -322,6 +328,8 @@ impl FeedProcessor {
             feed.missing = self.gaps.missing_count();
 
             feed.recent.clone_from(&self.recent);
+            let session = feed.session.clone();
+            feed.stamps.publish(session, self.stamps.drain(..));
             feed.last_prices = self
                 .last_prices
                 .iter()
