@@ -60,8 +60,9 @@ vni: 9
 interface: bt$id
 adminListen: 198.18.2.5:9291
 YAML
-metric() { # NS URL NAME [LABELS]
-  ip netns exec "$1" curl -s "$2/metrics" | grep -E "^$3${4:+\\{[^}]*$4}" | awk '{s+=$2} END {printf "%d", s}'
+metric() { # NS URL NAME [LABEL FILTER] -> the sum of the matching series
+  ip netns exec "$1" curl -s "$2/metrics" | grep -E "^$3[{ ]" | grep -F -- "${4:-}" |
+    awk '{s+=$NF} END {printf "%d", s}'
 }
 wait_up() { # NS URL
   for _ in $(seq 100); do
@@ -88,6 +89,7 @@ for rate in "${rates[@]}"; do
   mirrored0=$(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="mirrored"')
   kdrops0=$(metric "$t" http://198.18.2.5:9291 ticklab_mirror_kernel_drops_total)
   senderr0=$(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="send_error"')
+  other0=$(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="not_target"')
   received0=$(metric "$c" http://198.18.2.6:9290 ticklab_capture_frames_total)
   rcvbuf0=$(ip netns exec "$c" nstat -az UdpRcvbufErrors | awk '/UdpRcvbufErrors/ {print $2}')
   ip netns exec "$t" tcpdump -i "bt$id" -n -w "$work/tcpdump.pcap" -B 65536 udp port 11111 >"$work/tcpdump.log" 2>&1 &
@@ -97,8 +99,14 @@ for rate in "${rates[@]}"; do
   mps=$rate
   out=$(ip netns exec "$x" sockperf throughput -i 198.18.2.2 -p 11111 -m 64 --mps="$mps" -t "$seconds" 2>&1)
   sent=$(grep -o 'Total of [0-9]* messages sent' <<<"$out" | grep -o '[0-9]*' || echo 0)
-  # Let the tail through the mirror and the capture before reading counters.
-  sleep 1
+  # Let the tail through the mirror and the capture: wait until their counts stop moving.
+  last=-1
+  for _ in $(seq 300); do
+    now=$(( $(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total) + $(metric "$c" http://198.18.2.6:9290 ticklab_capture_frames_total) ))
+    [ "$now" = "$last" ] && break
+    last=$now
+    sleep 0.5
+  done
   kill -INT "$dump"
   wait "$dump" 2>/dev/null || true
   captured=$(grep -o '[0-9]* packets captured' "$work/tcpdump.log" | grep -o '^[0-9]*' || echo "?")
@@ -106,8 +114,13 @@ for rate in "${rates[@]}"; do
   mirrored=$(($(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="mirrored"') - mirrored0))
   kdrops=$(($(metric "$t" http://198.18.2.5:9291 ticklab_mirror_kernel_drops_total) - kdrops0))
   senderr=$(($(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="send_error"') - senderr0))
+  other=$(($(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="not_target"') - other0))
+  echo "   (mirror: $other frames of other interfaces, its own VXLAN among them)"
+  ip netns exec "$t" cat /proc/net/packet
   received=$(($(metric "$c" http://198.18.2.6:9290 ticklab_capture_frames_total) - received0))
   rcvbuf=$(($(ip netns exec "$c" nstat -az UdpRcvbufErrors | awk '/UdpRcvbufErrors/ {print $2}') - rcvbuf0))
   printf '%-8s %12s %12s | %12s %12s | %12s %12s %10s | %12s %10s\n' "$rate" "$sent" "$((sent / seconds))/s" \
     "$captured" "$dropped" "$mirrored" "$kdrops" "$senderr" "$received" "$rcvbuf"
 done
+echo "mirror frames by outcome, all rates:"
+ip netns exec "$t" curl -s http://198.18.2.5:9291/metrics | grep -E '^ticklab_mirror_(frames|kernel_drops)_total'

@@ -1,10 +1,12 @@
-//! The mirror's loop: an AF_PACKET socket on every interface (frames with their
-//! kernel receive or send timestamps, their interface and direction), the
-//! session's filter and truncation, and one VXLAN datagram per kept frame to the
-//! capture service. Runs on its own thread; the packet socket is read in batches
-//! (`recvmmsg`), and the kernel's drop count comes with every batch.
+//! The mirror's loop: an AF_PACKET socket, bound to the configured interface or on
+//! every interface (frames with their kernel receive or send timestamps, their
+//! interface and direction), the session's filter and truncation, and one VXLAN
+//! datagram per kept frame to the capture service. Runs on its own thread; the packet
+//! socket is read in batches (`recvmmsg`), each batch's datagrams leave in one
+//! `sendmmsg`, and the kernel's drop count is read after every wake-up.
 
-use std::io::IoSliceMut;
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
@@ -12,7 +14,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     AddressFamily, ControlMessageOwned, LinkAddr, MsgFlags, MultiHeaders, SockFlag, SockProtocol,
-    SockType, recvmmsg, setsockopt, socket, sockopt,
+    SockType, SockaddrStorage, recvmmsg, sendmmsg, setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeSpec;
 use ticklab_capture::link::{self, LinkType, Packet, Transport};
@@ -48,8 +50,13 @@ pub struct Mirror {
     local_ports: Vec<u16>,
     peer_ports: Vec<u16>,
     metrics: MirrorMetrics,
-    last_kernel_drops: u32,
-    datagram: Vec<u8>,
+    /// The frames counter of each outcome, looked up once.
+    outcomes: HashMap<&'static str, prometheus::IntCounter>,
+    /// VXLAN datagrams of the current batch, sent together; `queued` of them are in use.
+    outbox: Vec<Vec<u8>>,
+    queued: usize,
+    /// Capture time of the newest frame queued.
+    newest_ns: u64,
 }
 
 impl Mirror {
@@ -66,12 +73,17 @@ impl Mirror {
             let _ = setsockopt(&packets, sockopt::RcvBuf, &RECV_BUFFER);
         }
         setsockopt(&packets, sockopt::ReceiveTimestampns, &true).map_err(Error::Socket)?;
-        // A count of frames dropped for want of buffer, with every batch.
-        let _ = setsockopt(&packets, sockopt::RxqOvfl, &1);
+        // Packet sockets never send SO_RXQ_OVFL's drop count: the kernel's count comes
+        // from PACKET_STATISTICS, read (and reset) after every wake-up.
+        ticklab_packet_socket::take_stats(packets.as_fd()).map_err(io_error)?;
         let index = |name: &str| {
             nix::net::if_::if_nametoindex(name).map_err(|_| Error::Interface(name.to_string()))
         };
         let interface = config.interface.as_deref().map(index).transpose()?;
+        if let Some(ifindex) = interface {
+            // Only that interface's frames are copied to the socket at all.
+            ticklab_packet_socket::bind_to_interface(packets.as_fd(), ifindex).map_err(io_error)?;
+        }
         let loopback = index("lo").ok();
         let out = ticklab_admin::net::connected_udp_socket(target, |_| Ok(())).map_err(|e| {
             Error::Capture {
@@ -90,9 +102,14 @@ impl Mirror {
             vni: config.vni,
             local_ports: config.local_ports.clone(),
             peer_ports: config.peer_ports.clone(),
+            outcomes: crate::metrics::OUTCOMES
+                .iter()
+                .map(|o| (*o, metrics.frames.with_label_values(&[*o])))
+                .collect(),
             metrics,
-            last_kernel_drops: 0,
-            datagram: Vec::with_capacity(FRAME_BUFFER),
+            outbox: (0..BATCH).map(|_| Vec::with_capacity(2048)).collect(),
+            queued: 0,
+            newest_ns: 0,
         })
     }
 
@@ -100,7 +117,7 @@ impl Mirror {
     pub fn run(mut self, stop: &CancellationToken) -> Result<()> {
         let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; FRAME_BUFFER]).collect();
         let mut headers =
-            MultiHeaders::<LinkAddr>::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec, u32)));
+            MultiHeaders::<LinkAddr>::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec)));
         let mut batch: Vec<(usize, Option<LinkAddr>, Option<u64>)> = Vec::with_capacity(BATCH);
         while !stop.is_cancelled() {
             let mut fds = [PollFd::new(self.packets.as_fd(), PollFlags::POLLIN)];
@@ -110,7 +127,6 @@ impl Mirror {
             }
             loop {
                 batch.clear();
-                let mut drops = None;
                 {
                     let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
                         bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
@@ -126,12 +142,8 @@ impl Mirror {
                                 let mut ts = None;
                                 if let Ok(cmsgs) = msg.cmsgs() {
                                     for c in cmsgs {
-                                        match c {
-                                            ControlMessageOwned::ScmTimestampns(t) => {
-                                                ts = Some(timespec_ns(&t));
-                                            }
-                                            ControlMessageOwned::RxqOvfl(n) => drops = Some(n),
-                                            _ => {}
+                                        if let ControlMessageOwned::ScmTimestampns(t) = c {
+                                            ts = Some(timespec_ns(&t));
                                         }
                                     }
                                 }
@@ -142,12 +154,6 @@ impl Mirror {
                         Err(e) => return Err(Error::Socket(e)),
                     }
                 }
-                if let Some(n) = drops {
-                    self.metrics
-                        .kernel_drops
-                        .inc_by(u64::from(n.wrapping_sub(self.last_kernel_drops)));
-                    self.last_kernel_drops = n;
-                }
                 if batch.is_empty() {
                     break;
                 }
@@ -156,16 +162,90 @@ impl Mirror {
                     let frame = buf.get(..*len).unwrap_or(&[]);
                     self.frame(frame, addr.as_ref(), ts.unwrap_or(now));
                 }
+                self.send_queued();
                 if batch.len() < BATCH {
                     break;
                 }
             }
+            self.count_kernel_drops()?;
         }
+        self.count_kernel_drops()
+    }
+
+    /// Adds the frames the kernel dropped since the last read (the socket's buffer was
+    /// full) to the metric.
+    fn count_kernel_drops(&self) -> Result<()> {
+        let stats = ticklab_packet_socket::take_stats(self.packets.as_fd()).map_err(io_error)?;
+        self.metrics.kernel_drops.inc_by(u64::from(stats.drops));
         Ok(())
     }
 
     fn count(&self, outcome: &str) {
-        self.metrics.frames.with_label_values(&[outcome]).inc();
+        match self.outcomes.get(outcome) {
+            Some(counter) => counter.inc(),
+            None => self.metrics.frames.with_label_values(&[outcome]).inc(),
+        }
+    }
+
+    /// Sends the batch's datagrams in one `sendmmsg` (more if the kernel takes part of
+    /// them); what cannot be sent is counted as `send_error`.
+    fn send_queued(&mut self) {
+        let queued = std::mem::take(&mut self.queued);
+        if queued == 0 {
+            return;
+        }
+        let slices: Vec<[IoSlice<'_>; 1]> = self.outbox[..queued]
+            .iter()
+            .map(|d| [IoSlice::new(d)])
+            .collect();
+        let addrs: Vec<Option<SockaddrStorage>> = vec![None; queued];
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(queued, None);
+        let mut sent = 0;
+        let mut failed = Vec::new();
+        while sent < queued {
+            match sendmmsg(
+                self.out.as_raw_fd(),
+                &mut headers,
+                &slices[sent..],
+                &addrs[sent..],
+                [],
+                MsgFlags::empty(),
+            ) {
+                Ok(results) => {
+                    let n = results.count();
+                    if n == 0 {
+                        break;
+                    }
+                    sent += n;
+                }
+                // ECONNREFUSED: the capture is not up (yet); ENOBUFS/EAGAIN: a burst.
+                // The first datagram failed: counted, and the rest tried again.
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    failed.push(sent);
+                    sent += 1;
+                }
+            }
+        }
+        drop(slices);
+        let (ok, bytes) = self.outbox[..sent]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !failed.contains(i))
+            .fold((0u64, 0u64), |(n, b), (_, d)| (n + 1, b + d.len() as u64));
+        for _ in &failed {
+            self.count("send_error");
+        }
+        if let Some(c) = self.outcomes.get("mirrored") {
+            c.inc_by(ok);
+        }
+        self.metrics.bytes.inc_by(bytes);
+        if ok > 0 {
+            self.metrics.last_mirrored.set(self.newest_ns as f64 / 1e9);
+        }
+        for _ in sent..queued {
+            self.count("send_error");
+        }
     }
 
     fn frame(&mut self, frame: &[u8], addr: Option<&LinkAddr>, ts_ns: u64) {
@@ -206,25 +286,21 @@ impl Mirror {
         if keep < frame.len() {
             self.metrics.truncated.inc();
         }
-        self.datagram.clear();
         let trailer = Trailer {
             captured_at_ns: ts_ns,
             original_len: u32::try_from(frame.len()).unwrap_or(u32::MAX),
             direction,
         };
-        if vxlan::encode(self.vni, &frame[..keep], Some(&trailer), &mut self.datagram).is_err() {
+        // One datagram per frame read, and a batch holds at most BATCH frames.
+        let Some(datagram) = self.outbox.get_mut(self.queued) else {
+            return self.count("send_error");
+        };
+        datagram.clear();
+        if vxlan::encode(self.vni, &frame[..keep], Some(&trailer), datagram).is_err() {
             return self.count("send_error");
         }
-        match self.out.send(&self.datagram) {
-            Ok(_) => {
-                self.count("mirrored");
-                self.metrics.bytes.inc_by(self.datagram.len() as u64);
-                self.metrics.last_mirrored.set(ts_ns as f64 / 1e9);
-            }
-            // ECONNREFUSED: the capture is not up (yet); ENOBUFS/EAGAIN: a burst.
-            // Counted; the frame is lost to the capture, as AWS drops under load.
-            Err(_) => self.count("send_error"),
-        }
+        self.queued += 1;
+        self.newest_ns = self.newest_ns.max(ts_ns);
     }
 
     /// The mirror's own VXLAN datagrams (and anything else it sends to the capture).
@@ -263,4 +339,9 @@ fn ticklab_capture_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A failed `getsockopt` as the socket error the mirror reports.
+fn io_error(e: std::io::Error) -> Error {
+    Error::Socket(Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))
 }
