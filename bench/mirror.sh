@@ -89,10 +89,9 @@ for rate in "${rates[@]}"; do
   mirrored0=$(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="mirrored"')
   kdrops0=$(metric "$t" http://198.18.2.5:9291 ticklab_mirror_kernel_drops_total)
   senderr0=$(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="send_error"')
-  other0=$(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="not_target"')
   received0=$(metric "$c" http://198.18.2.6:9290 ticklab_capture_frames_total)
   rcvbuf0=$(ip netns exec "$c" nstat -az UdpRcvbufErrors | awk '/UdpRcvbufErrors/ {print $2}')
-  ip netns exec "$t" tcpdump -i "bt$id" -n -w "$work/tcpdump.pcap" -B 65536 udp port 11111 >"$work/tcpdump.log" 2>&1 &
+  ip netns exec "$t" tcpdump -i "bt$id" -n --immediate-mode -w "$work/tcpdump.pcap" -B 65536 udp port 11111 >"$work/tcpdump.log" 2>&1 &
   dump=$!
   # tcpdump says "listening on" once its socket is open.
   for _ in $(seq 100); do grep -q "listening on" "$work/tcpdump.log" && break; sleep 0.05; done
@@ -114,13 +113,11 @@ for rate in "${rates[@]}"; do
   mirrored=$(($(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="mirrored"') - mirrored0))
   kdrops=$(($(metric "$t" http://198.18.2.5:9291 ticklab_mirror_kernel_drops_total) - kdrops0))
   senderr=$(($(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="send_error"') - senderr0))
-  other=$(($(metric "$t" http://198.18.2.5:9291 ticklab_mirror_frames_total 'outcome="not_target"') - other0))
-  echo "   (mirror: $other frames of other interfaces, its own VXLAN among them)"
-  ip netns exec "$t" cat /proc/net/packet
   received=$(($(metric "$c" http://198.18.2.6:9290 ticklab_capture_frames_total) - received0))
   rcvbuf=$(($(ip netns exec "$c" nstat -az UdpRcvbufErrors | awk '/UdpRcvbufErrors/ {print $2}') - rcvbuf0))
   printf '%-8s %12s %12s | %12s %12s | %12s %12s %10s | %12s %10s\n' "$rate" "$sent" "$((sent / seconds))/s" \
     "$captured" "$dropped" "$mirrored" "$kdrops" "$senderr" "$received" "$rcvbuf"
 done
 echo "mirror frames by outcome, all rates:"
-ip netns exec "$t" curl -s http://198.18.2.5:9291/metrics | grep -E '^ticklab_mirror_(frames|kernel_drops)_total'
+ip netns exec "$t" curl -s http://198.18.2.5:9291/metrics | grep -E '^ticklab_mirror_(frames|kernel_drops)_total' |
+  sed -E 's/\{outcome="([a-z_]+)".*\}/ \1/; s/\{.*\}//'
