@@ -34,7 +34,14 @@ metadata: {name: capture-bench}
 spec: {experiment: capture-bench}
 YAML
 "$bin" run "$work/run.yaml" --quiet --output json --capture-dir "$work/captures" --keylog "$work/keys.log" > "$work/report.json"
-file="$(ls "$work"/captures/*.pcapng)"
+# A long run rotates into several files (256 MB each): one file for the tools.
+mapfile -t parts < <(ls "$work"/captures/*.pcapng)
+if [ "${#parts[@]}" -gt 1 ]; then
+  file="$work/all.pcapng"
+  mergecap -a -F pcapng -w "$file" "${parts[@]}"
+else
+  file="${parts[0]}"
+fi
 port() { python3 -c "import json,sys; print(json.load(open('$work/report.json'))['endpoints']['$1'].rsplit(':',1)[1])"; }
 feed="$(port feed)"; http="$(port orderHttp)"
 frames="$(python3 -c "import json; print(json.load(open('$work/report.json'))['wire']['frames'])")"
@@ -48,10 +55,10 @@ best_of_3() { # COMMAND... -> seconds of the fastest run
   done
   echo "$best"
 }
-"$bin" decode "$file" --json --server-port "$feed" --server-port "$http" > "$work/decoded.json"
+"$bin" decode "$file" --keylog "$work/keys.log" --json --server-port "$feed" --server-port "$http" > "$work/decoded.json"
 ours_records="$(python3 -c "import json; print(json.load(open('$work/decoded.json'))['tls']['recordsDecrypted'])")"
 keylog="$work/keys.log"
-decode_t=$(best_of_3 "$bin" decode "$file" --json --server-port "$feed" --server-port "$http")
+decode_t=$(best_of_3 "$bin" decode "$file" --keylog "$keylog" --json --server-port "$feed" --server-port "$http")
 tcpdump_t=$(best_of_3 tcpdump -n -r "$file")
 tshark_plain_t=$(best_of_3 tshark -n -r "$file")
 tshark_tls_t=$(best_of_3 tshark -n -r "$file" -o "tls.keylog_file:$keylog" -d "tcp.port==$feed,tls" -d "tcp.port==$http,tls")
@@ -63,7 +70,7 @@ printf '%-34s %10s %10s %14s %10s %18s\n' tool frames seconds "frames/s" "tickla
 row() { # NAME SECONDS RECORDS
   printf '%-34s %10s %10.3f %14.0f %9.1fx %18s\n' "$1" "$frames" "$2" "$(echo "$frames / $2" | bc -l)" "$(echo "$2 / $decode_t" | bc -l)" "$3"
 }
-row "ticklab decode (keys in the file)" "$decode_t" "$ours_records"
+row "ticklab decode --keylog" "$decode_t" "$ours_records"
 row "tcpdump -r" "$tcpdump_t" "-"
 row "tshark -r" "$tshark_plain_t" "-"
 row "tshark -r -o tls.keylog_file" "$tshark_tls_t" "$tshark_records"

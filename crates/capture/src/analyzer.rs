@@ -133,7 +133,9 @@ struct HttpOrderReply {
 pub struct Analyzer {
     config: AnalyzerConfig,
     keys: KeyLog,
-    connections: HashMap<ConnectionKey, Connection>,
+    /// A connection is looked up several times per frame: foldhash, seeded per process
+    /// (SipHash was a tenth of the decode time).
+    connections: HashMap<ConnectionKey, Connection, foldhash::fast::RandomState>,
     latency: WireLatency,
     report: WireReport,
     /// Reused per frame.
@@ -246,7 +248,7 @@ impl Analyzer {
         Self {
             config,
             keys: KeyLog::new(),
-            connections: HashMap::new(),
+            connections: HashMap::default(),
             latency,
             report: WireReport::default(),
             events: Vec::new(),
