@@ -131,6 +131,24 @@ pub fn experiment_registry(component: &str, experiment: &str) -> prometheus::Res
     Ok(registry)
 }
 
+/// The registry of a service that serves one session of an experiment (the recorder
+/// of a RecordingSession, the mirror and capture of a MirrorSession): `experiment`
+/// plus the session's own label (`recording`, `mirror_session`) on every series.
+pub fn session_registry(
+    component: &str,
+    experiment: &str,
+    session_label: &str,
+    session: &str,
+) -> prometheus::Result<Registry> {
+    let labels = std::collections::HashMap::from([
+        ("experiment".to_string(), experiment.to_string()),
+        (session_label.to_string(), session.to_string()),
+    ]);
+    let registry = Registry::new_custom(None, Some(labels))?;
+    register_process_metrics(&registry, component)?;
+    Ok(registry)
+}
+
 /// What every ticklab process exports about itself: `ticklab_build_info{component,
 /// version} 1` (which build runs; a series that exists while the process is
 /// scraped) and the standard `process_*` series (CPU seconds, resident memory, open

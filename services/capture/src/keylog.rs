@@ -111,7 +111,8 @@ async fn poll_keylog(
     Some(more)
 }
 
-/// One `GET /stamps` from the cursor on; whether a full page came back (ask again).
+/// One `GET /stamps` from the cursor on; whether stamps came back (ask again: a page
+/// may have more behind it).
 async fn poll_stamps(http: &reqwest::Client, base: &str, next: &mut u64, shared: &Shared) -> bool {
     let view = match http.get(format!("{base}/stamps?after={next}")).send().await {
         Ok(r) if r.status().is_success() => r.json::<StampsView>().await.ok(),
@@ -127,7 +128,7 @@ async fn poll_stamps(http: &reqwest::Client, base: &str, next: &mut u64, shared:
     };
     shared.metrics.app_stamps_missed.inc_by(view.missed);
     *next = view.next;
-    let full = view.stamps.len() >= PAGE_HINT;
+    let more = !view.stamps.is_empty();
     if let Some(session) = view.session
         && !view.stamps.is_empty()
     {
@@ -136,8 +137,5 @@ async fn poll_stamps(http: &reqwest::Client, base: &str, next: &mut u64, shared:
             stamps: view.stamps,
         });
     }
-    full
+    more
 }
-
-/// A page this long may have more behind it (the trader's page is 50 000).
-const PAGE_HINT: usize = 50_000;

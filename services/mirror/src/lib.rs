@@ -280,11 +280,5 @@ impl MirrorHandle {
 /// The registry of a mirror's metrics: every series carries `experiment` and
 /// `mirror_session`, plus the process metrics every ticklab component exports.
 pub fn registry(experiment: &str, session: &str) -> prometheus::Result<prometheus::Registry> {
-    let labels = std::collections::HashMap::from([
-        ("experiment".to_string(), experiment.to_string()),
-        ("mirror_session".to_string(), session.to_string()),
-    ]);
-    let registry = prometheus::Registry::new_custom(None, Some(labels))?;
-    ticklab_admin::register_process_metrics(&registry, "mirror")?;
-    Ok(registry)
+    ticklab_admin::session_registry("mirror", experiment, "mirror_session", session)
 }

@@ -7,13 +7,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 /// The recorder's registry: every series carries `experiment` and `recording`,
 /// plus the process metrics every ticklab component exports.
 pub fn registry(experiment: &str, recording: &str) -> prometheus::Result<Registry> {
-    let labels = std::collections::HashMap::from([
-        ("experiment".to_string(), experiment.to_string()),
-        ("recording".to_string(), recording.to_string()),
-    ]);
-    let registry = Registry::new_custom(None, Some(labels))?;
-    ticklab_admin::register_process_metrics(&registry, "recorder")?;
-    Ok(registry)
+    ticklab_admin::session_registry("recorder", experiment, "recording", recording)
 }
 
 #[derive(Clone)]
